@@ -1,0 +1,1 @@
+"""Benchmarks: side-by-side measurements that back every performance claim."""

@@ -1,0 +1,29 @@
+"""The `frugal` command line: one entry point, one sub-command per job.
+
+Sub-command modules import their heavy dependencies (torch, vLLM, Ray) inside the
+command functions so that `frugal --help` and `frugal config validate` stay instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from bench.cli import app as bench_app
+from serving.config_cli import app as config_app
+from serving.serve_cli import serve
+from serving.zoo.cli import app as zoo_app
+
+app = typer.Typer(
+    name="frugal",
+    help="Self-hosted LLM inference that cuts the cost per good answer.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command("serve")(serve)
+app.add_typer(config_app, name="config")
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(bench_app, name="bench")
+
+
+if __name__ == "__main__":
+    app()

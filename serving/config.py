@@ -1,0 +1,308 @@
+"""The deployments YAML schema: the single source of truth for what `frugal serve` runs.
+
+Model entries reuse Ray Serve LLM's `LLMConfig` field names (`model_loading_config`,
+`engine_kwargs`, `deployment_config`, `runtime_env`) so an operator who knows
+`ray.serve.llm` reads our YAML without a manual; frugal adds only its own lever
+settings. Every model is strict (`extra="forbid"`): a typo is an error that names
+the file, the key path and what was expected, never a silently ignored key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Engine defaults frugal applies unless the YAML says otherwise. Prefix caching is
+#: lever 3 and costs nothing when prompts share no prefix, so it is on everywhere.
+DEFAULT_ENGINE_KWARGS: dict[str, Any] = {"enable_prefix_caching": True}
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelLoadingConfig(StrictModel):
+    """Which weights to load and under which name clients ask for them (as in Ray)."""
+
+    model_id: str = Field(description="Name clients pass as `model`.")
+    model_source: str = Field(
+        description="Local checkpoint directory (relative paths are relative to the YAML "
+        "file) or a Hugging Face hub id."
+    )
+
+    @field_validator("model_id")
+    @classmethod
+    def _valid_model_id(cls, value: str) -> str:
+        if value == "auto" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}", value):
+            raise ValueError(
+                "model_id must be 1-128 characters of letters, digits and . _ : / - "
+                "and must not be the reserved name 'auto'"
+            )
+        return value
+
+
+class AutoscalingConfig(StrictModel):
+    """Ray Serve's autoscaling bounds for one deployment (same names as Ray)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(32, gt=0)
+    initial_replicas: int | None = Field(None, ge=0)
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must be <= max_replicas")
+        return self
+
+
+class RayActorOptions(StrictModel):
+    """Resources one replica reserves (same names as Ray)."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    memory: int | None = Field(None, ge=0, description="Bytes of memory to reserve.")
+    resources: dict[str, float] = Field(default_factory=dict)
+    accelerator_type: str | None = None
+
+
+class DeploymentConfig(StrictModel):
+    """Replicas and queueing for one Ray Serve deployment (same names as Ray)."""
+
+    num_replicas: int | None = Field(None, ge=1)
+    autoscaling_config: AutoscalingConfig | None = None
+    ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Requests one replica works on at once (continuous batching)."
+    )
+    max_queued_requests: int = Field(
+        1024,
+        ge=-1,
+        description="Requests waiting for a replica before new ones get 503 + Retry-After "
+        "(-1: unbounded).",
+    )
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> DeploymentConfig:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("set either num_replicas or autoscaling_config, not both")
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options()`."""
+        options: dict[str, Any] = {
+            "ray_actor_options": self.ray_actor_options.model_dump(exclude_none=True),
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+        }
+        if self.autoscaling_config is not None:
+            options["autoscaling_config"] = self.autoscaling_config.model_dump(exclude_none=True)
+        else:
+            options["num_replicas"] = self.num_replicas or 1
+        return options
+
+
+class ModelConfig(StrictModel):
+    """One served model: an `LLMConfig`-shaped entry."""
+
+    model_loading_config: ModelLoadingConfig
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments (dtype, quantization, max_model_len, ...), same "
+        "names as vLLM's EngineArgs.",
+    )
+    deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        return self.model_loading_config.model_id
+
+    @property
+    def deployment_name(self) -> str:
+        """A Ray Serve deployment name derived from the model id (no slashes allowed)."""
+        return "model-" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.model_id)
+
+    def resolved_engine_kwargs(self) -> dict[str, Any]:
+        """Engine kwargs with frugal's defaults under the operator's settings."""
+        return {**DEFAULT_ENGINE_KWARGS, **self.engine_kwargs}
+
+
+class HttpOptions(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    request_timeout_s: float | None = Field(
+        None, gt=0, description="End-to-end timeout for one HTTP request (Ray Serve's)."
+    )
+
+
+class GatewayConfig(StrictModel):
+    """The OpenAI-compatible ingress."""
+
+    deployment_config: DeploymentConfig = Field(
+        default_factory=lambda: DeploymentConfig(
+            num_replicas=1,
+            max_ongoing_requests=1024,
+            max_queued_requests=-1,
+            ray_actor_options=RayActorOptions(num_cpus=0.5),
+        )
+    )
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Larger request bodies get a 413."
+    )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted bearer tokens; empty means no authentication (local use).",
+    )
+    retry_after_s: int = Field(
+        2, ge=1, description="Retry-After seconds sent with 503 when an engine is overloaded."
+    )
+
+
+class RayClusterConfig(StrictModel):
+    """How `frugal serve` starts Ray when no cluster is running."""
+
+    address: str | None = Field(
+        None, description="Existing cluster address ('auto' to join); none starts a local one."
+    )
+    num_cpus: int | None = Field(
+        None,
+        ge=1,
+        description="Logical CPUs of a local cluster. On CPU-only machines it must exceed "
+        "the physical cores or the ingress never schedules next to the engines.",
+    )
+
+
+class FrugalConfig(StrictModel):
+    """The whole deployments YAML."""
+
+    http_options: HttpOptions = Field(default_factory=HttpOptions)
+    ray: RayClusterConfig = Field(default_factory=RayClusterConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    models: list[ModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> FrugalConfig:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.model_id in seen:
+                raise ValueError(f"duplicate model_id {model.model_id!r}")
+            seen.add(model.model_id)
+        return self
+
+    def model(self, model_id: str) -> ModelConfig:
+        for model in self.models:
+            if model.model_id == model_id:
+                return model
+        raise KeyError(model_id)
+
+
+class ConfigError(Exception):
+    """A deployments file that cannot be used; `problems` holds one line per error."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+    def render(self) -> str:
+        return "\n".join(f"{self.path}: {line}" for line in self.problems)
+
+
+def _format_validation_error(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (not part of the schema; check the spelling)"
+        got = item.get("input")
+        suffix = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {got!r})"
+        lines.append(f"{key}: {message}{suffix}")
+    return lines
+
+
+def _looks_local(source: str) -> bool:
+    """Paths start with '.', '/' or '~'; anything else that is not on disk is a hub id."""
+    return source.startswith((".", "/", "~"))
+
+
+def _resolve_sources(config: FrugalConfig, base_dir: Path) -> list[str]:
+    """Make local model paths absolute; report local paths that do not exist."""
+    problems = []
+    for index, model in enumerate(config.models):
+        source = model.model_loading_config.model_source
+        candidate = (base_dir / os.path.expanduser(source)).resolve()
+        if candidate.exists():
+            model.model_loading_config.model_source = str(candidate)
+        elif _looks_local(source):
+            problems.append(
+                f"models.{index}.model_loading_config.model_source: no such directory "
+                f"{str(candidate)!r} (expected a checkpoint directory or a hub id)"
+            )
+    return problems
+
+
+def _check_engine_kwargs(config: FrugalConfig) -> list[str]:
+    """Check engine kwarg names against the installed vLLM, when it can be imported."""
+    try:
+        import dataclasses
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+    except Exception:  # vLLM not installed here: the engine will check at start-up.
+        return []
+    known = {field.name for field in dataclasses.fields(AsyncEngineArgs)}
+    problems = []
+    for index, model in enumerate(config.models):
+        for key in model.engine_kwargs:
+            if key not in known:
+                problems.append(
+                    f"models.{index}.engine_kwargs.{key}: not a vLLM engine argument "
+                    "(see vllm.engine.arg_utils.EngineArgs)"
+                )
+        if "model" in model.engine_kwargs:
+            problems.append(
+                f"models.{index}.engine_kwargs.model: set model_loading_config.model_source "
+                "instead"
+            )
+    return problems
+
+
+def load_config(path: str | Path, *, check_engine_args: bool = False) -> FrugalConfig:
+    """Read and validate a deployments YAML; raise `ConfigError` listing every problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [f"not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(path, ["(top level): expected a mapping with a 'models' list"])
+    try:
+        config = FrugalConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(path, _format_validation_error(exc)) from None
+    problems = _resolve_sources(config, path.parent.resolve())
+    if check_engine_args:
+        problems += _check_engine_kwargs(config)
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def dump_config(config: FrugalConfig) -> str:
+    """YAML text of a config (used to hand a resolved config to a subprocess)."""
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)
+

@@ -1,0 +1,162 @@
+"""ModelServer: one Ray Serve deployment per model, owning a vLLM `AsyncLLM` engine.
+
+Contract: the gateway sends vLLM protocol requests (`ChatCompletionRequest`,
+`CompletionRequest`) already validated; the server answers with vLLM's own response
+objects, an `ErrorResponse`, or (streaming) the SSE strings vLLM's serving classes
+write. Nothing here re-implements chat templates, sampling, streaming or usage: the
+serving objects are built by vLLM's `init_app_state`, exactly as `vllm serve` builds
+them, so behaviour matches the raw vLLM server field for field.
+
+Why a thin deployment instead of `ray.serve.llm.LLMServer`: measured on the 2-core CPU
+machines, the thin path reached 0.72x raw vLLM throughput at 32 concurrent requests vs
+0.39x for the stock LLM ingress (docs/serving.md has the numbers and the decision).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import AsyncGenerator
+from http import HTTPStatus
+from typing import Any
+
+from ray import serve
+
+from serving.config import ModelConfig
+
+logger = logging.getLogger("frugal.engine")
+
+#: vLLM OpenAI front-end settings frugal always wants: cached-token counts in usage
+#: (lever 3) and engine statistics for /metrics.
+FORCED_FRONTEND_ARGS: dict[str, Any] = {
+    "enable_prompt_tokens_details": True,
+    "disable_log_stats": False,
+    "enable_log_requests": False,
+}
+
+
+class EngineUnavailable(Exception):
+    """The engine cannot take the request now (dead or draining): the gateway says 503."""
+
+
+def build_vllm_args(model: ModelConfig) -> argparse.Namespace:
+    """The flat argument namespace `vllm serve` would parse for this model entry.
+
+    Building it with vLLM's own parser keeps every default identical to the raw server;
+    the YAML's `engine_kwargs` (already typed by YAML) overlay it by name.
+    """
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser())
+    args = parser.parse_args(["--model", model.model_loading_config.model_source])
+    for key, value in {**model.resolved_engine_kwargs(), **FORCED_FRONTEND_ARGS}.items():
+        setattr(args, key, value)
+    args.served_model_name = [model.model_id]
+    return args
+
+
+@serve.deployment
+class ModelServer:
+    """A vLLM engine plus vLLM's OpenAI serving objects for one model."""
+
+    async def __init__(self, model: ModelConfig) -> None:
+        from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.openai.api_server import init_app_state
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.model = model
+        args = build_vllm_args(model)
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        self.engine = AsyncLLM.from_engine_args(engine_args)
+        state = State()
+        tasks = await self.engine.get_supported_tasks()
+        await init_app_state(self.engine, state, args, supported_tasks=tasks)
+        self.chat_serving = state.openai_serving_chat
+        self.completion_serving = state.openai_serving_completion
+        self.max_model_len = self.engine.model_config.max_model_len
+        logger.info("model %s ready (pid %s)", model.model_id, os.getpid())
+
+    # --- health and introspection -------------------------------------------------
+
+    async def check_health(self) -> None:
+        """Ray Serve calls this periodically; raising restarts the replica."""
+        await self.engine.check_health()
+
+    async def info(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model.model_id,
+            "max_model_len": self.max_model_len,
+            "running_requests": self.engine.get_num_unfinished_requests(),
+            "pid": os.getpid(),
+        }
+
+    # --- OpenAI endpoints ---------------------------------------------------------
+
+    async def chat(self, request: Any) -> Any:
+        """Non-streaming chat completion: a `ChatCompletionResponse` or `ErrorResponse`."""
+        return await self._call(self.chat_serving.create_chat_completion, request)
+
+    async def completion(self, request: Any) -> Any:
+        """Non-streaming completion: a `CompletionResponse` or `ErrorResponse`."""
+        return await self._call(self.completion_serving.create_completion, request)
+
+    async def chat_stream(self, request: Any) -> AsyncGenerator[Any, None]:
+        """Streaming chat: yields SSE strings, or a single `ErrorResponse` first."""
+        async for item in self._stream(self.chat_serving.create_chat_completion, request):
+            yield item
+
+    async def completion_stream(self, request: Any) -> AsyncGenerator[Any, None]:
+        """Streaming completion: yields SSE strings, or a single `ErrorResponse` first."""
+        async for item in self._stream(self.completion_serving.create_completion, request):
+            yield item
+
+    # --- helpers ------------------------------------------------------------------
+
+    async def _call(self, create: Any, request: Any) -> Any:
+        self._raise_if_dead()
+        try:
+            result = await create(request, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # vLLM maps its exceptions to OpenAI errors.
+            return self._error_from_exception(exc)
+        if isinstance(result, AsyncGenerator):  # pragma: no cover - stream flag mismatch
+            raise RuntimeError("non-streaming call returned a stream")
+        return result
+
+    async def _stream(self, create: Any, request: Any) -> AsyncGenerator[Any, None]:
+        self._raise_if_dead()
+        try:
+            result = await create(request, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            yield self._error_from_exception(exc)
+            return
+        if not isinstance(result, AsyncGenerator):
+            yield result  # an ErrorResponse found before generation started
+            return
+        # Cancelling this generator (client gone) closes vLLM's, which aborts the request.
+        async for chunk in result:
+            yield chunk
+
+    def _raise_if_dead(self) -> None:
+        if self.engine.errored:
+            raise EngineUnavailable(f"engine for {self.model.model_id} is not running")
+
+    def _error_from_exception(self, exc: Exception) -> Any:
+        from vllm.entrypoints.serve.exception_handling.error_response import (
+            create_error_response,
+        )
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+        if isinstance(exc, (EngineDeadError, EngineGenerateError)):
+            raise EngineUnavailable(str(exc)) from exc
+        error = create_error_response(exc)
+        if error.error.code >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            logger.exception("engine error for %s", self.model.model_id, exc_info=exc)
+        return error

@@ -1,0 +1,78 @@
+"""Prometheus metrics recorded by the gateway, correct across processes and replicas.
+
+`frugal serve` points `PROMETHEUS_MULTIPROC_DIR` at a fresh directory for every Ray
+actor it starts, so gateway replicas and the vLLM engines (whose own `vllm:*` metrics
+use prometheus-client too) write to one place and `/metrics` on any gateway replica
+aggregates all of them (prometheus-client's multiprocess mode). Without that variable
+the process-local default registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REQUESTS = Counter(
+    "frugal_requests",
+    "Requests answered by the gateway, by model, endpoint and HTTP status.",
+    ["model", "endpoint", "status"],
+)
+PROMPT_TOKENS = Counter("frugal_prompt_tokens", "Prompt tokens processed.", ["model"])
+CACHED_PROMPT_TOKENS = Counter(
+    "frugal_cached_prompt_tokens", "Prompt tokens served from the prefix cache.", ["model"]
+)
+COMPLETION_TOKENS = Counter("frugal_completion_tokens", "Completion tokens generated.", ["model"])
+TTFT = Histogram(
+    "frugal_time_to_first_token_seconds",
+    "Time from request arrival at the gateway to the first streamed token.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+LATENCY = Histogram(
+    "frugal_request_latency_seconds",
+    "End-to-end request latency at the gateway.",
+    ["model", "endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "frugal_requests_in_flight",
+    "Requests the gateway is working on.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The Prometheus text exposition of every frugal and vLLM metric on this node."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.isdir(directory):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def record_usage(model: str, usage: object | None) -> None:
+    """Add one response's token counts (an OpenAI `usage` object or dict)."""
+    if usage is None:
+        return
+    get = usage.get if isinstance(usage, dict) else lambda key: getattr(usage, key, None)
+    PROMPT_TOKENS.labels(model).inc(get("prompt_tokens") or 0)
+    COMPLETION_TOKENS.labels(model).inc(get("completion_tokens") or 0)
+    details = get("prompt_tokens_details")
+    if details:
+        cached = details.get("cached_tokens") if isinstance(details, dict) else details.cached_tokens
+        CACHED_PROMPT_TOKENS.labels(model).inc(cached or 0)
