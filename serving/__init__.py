@@ -1,3 +1,3 @@
-"""frugal serving: OpenAI-compatible gateway, router, vLLM engine deployments and cost accounting."""
+"""frugal serving: OpenAI gateway, router, vLLM engine deployments and cost accounting."""
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ Failure contract (every error is an OpenAI error object, see `serving.errors`):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -120,6 +121,7 @@ class Gateway:
         self.retry_after_s = config.gateway.retry_after_s
         self.max_request_bytes = config.gateway.max_request_bytes
         self.created = int(time.time())
+        self.max_model_lens: dict[str, int] = {}
 
     # --- plain endpoints ----------------------------------------------------------
 
@@ -142,11 +144,21 @@ class Gateway:
                 "created": self.created,
                 "owned_by": "frugal",
                 "root": model.model_loading_config.model_source,
-                "max_model_len": model.engine_kwargs.get("max_model_len"),
+                "max_model_len": await self._max_model_len(model.model_id),
             }
             for model in self.config.models
         ]
         return {"object": "list", "data": data}
+
+    async def _max_model_len(self, model_id: str) -> int | None:
+        """The engine's context length (it may derive it from the checkpoint); cached."""
+        if model_id not in self.max_model_lens:
+            try:
+                info = await self.servers[model_id].info.remote()
+            except Exception:  # engine down: list the model without it
+                return self.config.model(model_id).engine_kwargs.get("max_model_len")
+            self.max_model_lens[model_id] = info["max_model_len"]
+        return self.max_model_lens[model_id]
 
     # --- generation endpoints -----------------------------------------------------
 
@@ -193,8 +205,13 @@ class Gateway:
         metrics.IN_FLIGHT.labels(model).inc()
         status = 500
         try:
+            pending = getattr(handle, endpoint).remote(request)
             try:
-                result = await getattr(handle, endpoint).remote(request)
+                result = await pending
+            except asyncio.CancelledError:  # client gone: abort the generation too
+                pending.cancel()
+                status = 499
+                raise
             except Exception as exc:
                 error = _map_handle_error(exc, model, self.retry_after_s)
                 status = error.status
@@ -262,6 +279,7 @@ class Gateway:
     ) -> AsyncIterator[str]:
         """Pass SSE chunks through, taking usage out of the usage-only chunk."""
         status = "200"
+        finished = False
         try:
             async for chunk in _prepend(first, chunks):
                 if '"choices":[]' in chunk and '"usage"' in chunk:
@@ -270,11 +288,16 @@ class Gateway:
                     if not client_wants_usage:
                         continue
                 yield chunk
+            finished = True
         except Exception as exc:  # the engine failed mid-stream: tell the client in-band
             error = _map_handle_error(exc, model, self.retry_after_s)
             status = str(error.status)
-            yield f"data: {json.dumps({'error': {'message': error.message, 'code': error.status}})}\n\n"
+            payload = {"error": {"message": error.message, "code": error.status}}
+            yield f"data: {json.dumps(payload)}\n\n"
         finally:
+            if not finished:  # client gone (or error): stop the generation in the engine
+                chunks.cancel()
+                status = "499" if status == "200" else status
             metrics.IN_FLIGHT.labels(model).dec()
             metrics.LATENCY.labels(model, endpoint).observe(time.perf_counter() - started)
             metrics.REQUESTS.labels(model, endpoint, status).inc()

@@ -74,5 +74,8 @@ def record_usage(model: str, usage: object | None) -> None:
     COMPLETION_TOKENS.labels(model).inc(get("completion_tokens") or 0)
     details = get("prompt_tokens_details")
     if details:
-        cached = details.get("cached_tokens") if isinstance(details, dict) else details.cached_tokens
+        if isinstance(details, dict):
+            cached = details.get("cached_tokens")
+        else:
+            cached = details.cached_tokens
         CACHED_PROMPT_TOKENS.labels(model).inc(cached or 0)

