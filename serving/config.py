@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.router.config import RouterConfig
+
 #: Engine defaults frugal applies unless the YAML says otherwise. Prefix caching is
 #: lever 3 and costs nothing when prompts share no prefix, so it is on everywhere.
 DEFAULT_ENGINE_KWARGS: dict[str, Any] = {"enable_prefix_caching": True}
@@ -113,6 +115,38 @@ class DeploymentConfig(StrictModel):
         return options
 
 
+class Price(StrictModel):
+    """US dollars per million tokens."""
+
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+
+
+class ReasoningBudgets(StrictModel):
+    """Thinking-token budgets that `reasoning_effort` levels map to (lever 2)."""
+
+    low: int = Field(16, ge=0)
+    medium: int = Field(64, ge=0)
+    high: int = Field(256, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReasoningBudgets:
+        if not self.low <= self.medium <= self.high:
+            raise ValueError("budgets must satisfy low <= medium <= high")
+        return self
+
+
+class ModelLevers(StrictModel):
+    """frugal's own per-model settings (the only non-Ray keys of a model entry)."""
+
+    price: Price | None = Field(
+        None,
+        description="List price override. Without it the price is derived from the node's "
+        "$/hour and the scorecard's measured throughput (docs/cost.md).",
+    )
+    reasoning: ReasoningBudgets = Field(default_factory=ReasoningBudgets)
+
+
 class ModelConfig(StrictModel):
     """One served model: an `LLMConfig`-shaped entry."""
 
@@ -124,6 +158,7 @@ class ModelConfig(StrictModel):
     )
     deployment_config: DeploymentConfig = Field(default_factory=DeploymentConfig)
     runtime_env: dict[str, Any] = Field(default_factory=dict)
+    frugal: ModelLevers = Field(default_factory=ModelLevers)
 
     @property
     def model_id(self) -> str:
@@ -184,12 +219,35 @@ class RayClusterConfig(StrictModel):
     )
 
 
+class CostConfig(StrictModel):
+    """How frugal prices tokens and what it compares against (docs/cost.md)."""
+
+    node_usd_per_hour: float = Field(
+        1.0, gt=0, description="What one serving node costs; prices derive from it."
+    )
+    default_price: Price = Field(
+        default_factory=lambda: Price(input_per_million=0.05, output_per_million=0.2),
+        description="Used for a model with neither a list price nor a scorecard entry.",
+    )
+    cached_input_discount: float = Field(
+        0.9, ge=0, le=1, description="Share taken off cached input tokens (0.9 = 90% off)."
+    )
+    batch_discount: float = Field(0.5, ge=0, le=1, description="Share taken off batch jobs.")
+    baseline_model: str | None = Field(
+        None,
+        description="The naive baseline savings are measured against: every request on this "
+        "model, no cache. Default: the last model listed (list models small to large).",
+    )
+
+
 class FrugalConfig(StrictModel):
     """The whole deployments YAML."""
 
     http_options: HttpOptions = Field(default_factory=HttpOptions)
     ray: RayClusterConfig = Field(default_factory=RayClusterConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
     models: list[ModelConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -199,7 +257,13 @@ class FrugalConfig(StrictModel):
             if model.model_id in seen:
                 raise ValueError(f"duplicate model_id {model.model_id!r}")
             seen.add(model.model_id)
+        if self.cost.baseline_model is not None and self.cost.baseline_model not in seen:
+            raise ValueError(f"cost.baseline_model {self.cost.baseline_model!r} is not a model")
         return self
+
+    @property
+    def baseline_model(self) -> str:
+        return self.cost.baseline_model or self.models[-1].model_id
 
     def model(self, model_id: str) -> ModelConfig:
         for model in self.models:
@@ -260,9 +324,13 @@ def _check_engine_kwargs(config: FrugalConfig) -> list[str]:
         import dataclasses
 
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.cli_args import FrontendArgs  # noqa: F401
     except Exception:  # vLLM not installed here: the engine will check at start-up.
         return []
+    from vllm.entrypoints.launchers.cli_args import FrontendArgs
+
     known = {field.name for field in dataclasses.fields(AsyncEngineArgs)}
+    known |= {field.name for field in dataclasses.fields(FrontendArgs)}
     problems = []
     for index, model in enumerate(config.models):
         for key in model.engine_kwargs:
@@ -271,12 +339,29 @@ def _check_engine_kwargs(config: FrugalConfig) -> list[str]:
                     f"models.{index}.engine_kwargs.{key}: not a vLLM engine argument "
                     "(see vllm.engine.arg_utils.EngineArgs)"
                 )
+        quantization = model.engine_kwargs.get("quantization")
+        if quantization is not None and quantization not in supported_quantization():
+            problems.append(
+                f"models.{index}.engine_kwargs.quantization: {quantization!r} is not supported "
+                f"by the installed vLLM on this device (supported: "
+                f"{', '.join(supported_quantization())})"
+            )
         if "model" in model.engine_kwargs:
             problems.append(
                 f"models.{index}.engine_kwargs.model: set model_loading_config.model_source "
                 "instead"
             )
     return problems
+
+
+def supported_quantization() -> list[str]:
+    """Quantization methods the installed vLLM accepts on this machine's device."""
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    from vllm.platforms import current_platform
+
+    methods = list(QUANTIZATION_METHODS)
+    allowed = current_platform.supported_quantization
+    return [m for m in methods if not allowed or m in allowed]
 
 
 def load_config(path: str | Path, *, check_engine_args: bool = False) -> FrugalConfig:
@@ -294,7 +379,12 @@ def load_config(path: str | Path, *, check_engine_args: bool = False) -> FrugalC
         config = FrugalConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(path, _format_validation_error(exc)) from None
-    problems = _resolve_sources(config, path.parent.resolve())
+    base_dir = path.parent.resolve()
+    problems = _resolve_sources(config, base_dir)
+    for key in ("scorecard", "predictor"):  # router artefacts live next to the YAML
+        value = getattr(config.router, key)
+        if value is not None:
+            setattr(config.router, key, str((base_dir / os.path.expanduser(value)).resolve()))
     if check_engine_args:
         problems += _check_engine_kwargs(config)
     if problems:

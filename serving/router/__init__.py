@@ -1,0 +1,1 @@
+"""Lever 1, the right model: `model="auto"` picks the cheapest adequate model."""
