@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 from collections.abc import AsyncGenerator
@@ -51,9 +52,17 @@ def build_vllm_args(model: ModelConfig) -> argparse.Namespace:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = make_arg_parser(FlexibleArgumentParser())
-    args = parser.parse_args(["--model", model.model_loading_config.model_source])
-    for key, value in {**model.resolved_engine_kwargs(), **FORCED_FRONTEND_ARGS}.items():
-        setattr(args, key, value)
+    settings = {**model.resolved_engine_kwargs(), **FORCED_FRONTEND_ARGS}
+    argv = ["--model", model.model_loading_config.model_source]
+    # Nested configs (e.g. structured_outputs_config) go through vLLM's parser, which
+    # turns their JSON into the config dataclasses; scalars are set as already typed.
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            argv += ["--" + key.replace("_", "-"), json.dumps(value)]
+    args = parser.parse_args(argv)
+    for key, value in settings.items():
+        if not isinstance(value, dict):
+            setattr(args, key, value)
     args.served_model_name = [model.model_id]
     return args
 

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,8 +32,11 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import metrics
+from serving.accounting import Cost, CostModel, TokenUsage, cost_headers, key_label
 from serving.config import FrugalConfig
 from serving.errors import APIError, error_response
+from serving.pricing import price_table
+from serving.reasoning import apply_thinking, plan_thinking, pop_reasoning_fields
 
 logger = logging.getLogger("frugal.gateway")
 
@@ -97,6 +101,29 @@ def _map_handle_error(exc: BaseException, model: str, retry_after_s: int) -> API
     return APIError(500, f"internal error while serving {model!r}: {type(exc).__name__}")
 
 
+@dataclass
+class _Call:
+    """One request on its way through the gateway."""
+
+    request: Any
+    model: str
+    endpoint: str
+    started: float
+    api_key: str
+    reasoning: bool
+    client_wants_usage: bool = False
+
+
+def _add_reasoning_content(data: dict[str, Any]) -> None:
+    """Mirror vLLM's `reasoning` field as `reasoning_content`, the name most reasoning
+    clients (and earlier vLLM releases) read."""
+    for choice in data.get("choices") or []:
+        for key in ("message", "delta"):
+            part = choice.get(key)
+            if isinstance(part, dict) and "reasoning" in part:
+                part["reasoning_content"] = part["reasoning"]
+
+
 def _is_error(result: Any) -> bool:
     return hasattr(result, "error") and not hasattr(result, "choices")
 
@@ -122,6 +149,7 @@ class Gateway:
         self.max_request_bytes = config.gateway.max_request_bytes
         self.created = int(time.time())
         self.max_model_lens: dict[str, int] = {}
+        self.cost_model = CostModel(config, price_table(config))
 
     # --- plain endpoints ----------------------------------------------------------
 
@@ -178,10 +206,11 @@ class Gateway:
 
     async def _generate(self, raw: Request, request_cls: type, endpoint: str) -> Response:
         started = time.perf_counter()
-        self._authorize(raw)
+        api_key = self._authorize(raw)
         body = await self._read_json(raw)
         if not body.get("model"):
             raise APIError(400, "you must provide a model parameter", param="model")
+        reasoning_extra = pop_reasoning_fields(body) if endpoint == "chat" else {}
         try:
             request = request_cls.model_validate(body)
         except ValidationError as exc:
@@ -194,18 +223,38 @@ class Gateway:
             raise APIError(
                 404, f"The model `{model}` does not exist. Available: {known}", param="model"
             )
+        model_config = self.config.model(model)
+        plan = plan_thinking(reasoning_extra, request, model_config) if endpoint == "chat" else None
+        if plan is not None:
+            apply_thinking(request, plan, model_config)
+        call = _Call(
+            request=request,
+            model=model,
+            endpoint=endpoint,
+            started=started,
+            api_key=key_label(api_key),
+            reasoning=plan is not None and plan.enabled,
+        )
         if request.stream:
-            return await self._stream(handle, request, endpoint, started)
-        return await self._unary(handle, request, endpoint, started)
+            return await self._stream(handle, call)
+        return await self._unary(handle, call)
 
-    async def _unary(
-        self, handle: DeploymentHandle, request: Any, endpoint: str, started: float
-    ) -> Response:
-        model = request.model
+    def _account(self, call: _Call, usage: Any) -> dict[str, Any] | None:
+        """Record tokens and cost of one response; the cost as a JSON-able dict."""
+        if usage is None:
+            return None
+        metrics.record_usage(call.model, usage)
+        tokens = TokenUsage.from_usage(usage)
+        cost = self.cost_model.cost(call.model, tokens)
+        metrics.record_cost(cost, call.api_key, tokens.reasoning_tokens)
+        return cost.model_dump()
+
+    async def _unary(self, handle: DeploymentHandle, call: _Call) -> Response:
+        model = call.model
         metrics.IN_FLIGHT.labels(model).inc()
         status = 500
         try:
-            pending = getattr(handle, endpoint).remote(request)
+            pending = getattr(handle, call.endpoint).remote(call.request)
             try:
                 result = await pending
             except asyncio.CancelledError:  # client gone: abort the generation too
@@ -220,20 +269,27 @@ class Gateway:
                 status = result.error.code
                 return JSONResponse(result.model_dump(), status_code=status)
             status = 200
-            metrics.record_usage(model, result.usage)
-            return Response(result.model_dump_json(), media_type="application/json")
+            data = result.model_dump()
+            cost = self._account(call, result.usage)
+            headers = {}
+            if cost is not None:
+                data["usage"]["cost"] = cost
+                headers = cost_headers(Cost.model_validate(cost))
+            if call.reasoning:
+                _add_reasoning_content(data)
+            return JSONResponse(data, headers=headers)
         finally:
             metrics.IN_FLIGHT.labels(model).dec()
-            metrics.LATENCY.labels(model, endpoint).observe(time.perf_counter() - started)
-            metrics.REQUESTS.labels(model, endpoint, str(status)).inc()
+            metrics.LATENCY.labels(model, call.endpoint).observe(time.perf_counter() - call.started)
+            metrics.REQUESTS.labels(model, call.endpoint, str(status)).inc()
 
-    async def _stream(
-        self, handle: DeploymentHandle, request: Any, endpoint: str, started: float
-    ) -> Response:
+    async def _stream(self, handle: DeploymentHandle, call: _Call) -> Response:
         from vllm.entrypoints.generate.base.protocol import StreamOptions
 
-        model = request.model
-        client_wants_usage = bool(request.stream_options and request.stream_options.include_usage)
+        request, model = call.request, call.model
+        call.client_wants_usage = bool(
+            request.stream_options and request.stream_options.include_usage
+        )
         # Usage is always requested from vLLM so that metrics and accounting see it; the
         # usage-only chunk is passed on only to clients that asked for it.
         request.stream_options = StreamOptions(
@@ -243,50 +299,44 @@ class Gateway:
             ),
         )
         stream = handle.options(stream=True)
-        chunks = getattr(stream, f"{endpoint}_stream").remote(request)
+        chunks = getattr(stream, f"{call.endpoint}_stream").remote(request)
         metrics.IN_FLIGHT.labels(model).inc()
         try:
             first = await chunks.__anext__()
-        except BaseException as exc:
+        except Exception as exc:
             metrics.IN_FLIGHT.labels(model).dec()
-            error = (
-                _map_handle_error(exc, model, self.retry_after_s)
-                if isinstance(exc, Exception)
-                else None
-            )
-            if error is None:
-                raise
-            metrics.REQUESTS.labels(model, endpoint, str(error.status)).inc()
+            error = _map_handle_error(exc, model, self.retry_after_s)
+            metrics.REQUESTS.labels(model, call.endpoint, str(error.status)).inc()
             raise error from None
+        except BaseException:  # cancelled while waiting: stop the generation too
+            chunks.cancel()
+            metrics.IN_FLIGHT.labels(model).dec()
+            raise
         if _is_error(first):
             metrics.IN_FLIGHT.labels(model).dec()
-            metrics.REQUESTS.labels(model, endpoint, str(first.error.code)).inc()
+            metrics.REQUESTS.labels(model, call.endpoint, str(first.error.code)).inc()
             return JSONResponse(first.model_dump(), status_code=first.error.code)
-        metrics.TTFT.labels(model).observe(time.perf_counter() - started)
+        metrics.TTFT.labels(model).observe(time.perf_counter() - call.started)
         return StreamingResponse(
-            self._relay(chunks, first, model, endpoint, started, client_wants_usage),
-            media_type="text/event-stream",
+            self._relay(chunks, first, call), media_type="text/event-stream"
         )
 
-    async def _relay(
-        self,
-        chunks: Any,
-        first: str,
-        model: str,
-        endpoint: str,
-        started: float,
-        client_wants_usage: bool,
-    ) -> AsyncIterator[str]:
-        """Pass SSE chunks through, taking usage out of the usage-only chunk."""
-        status = "200"
-        finished = False
+    async def _relay(self, chunks: Any, first: str, call: _Call) -> AsyncIterator[str]:
+        """Pass SSE chunks through; account the usage-only chunk (and add its cost)."""
+        model, status, finished = call.model, "200", False
         try:
             async for chunk in _prepend(first, chunks):
                 if '"choices":[]' in chunk and '"usage"' in chunk:
-                    usage = json.loads(chunk.removeprefix("data: ")).get("usage")
-                    metrics.record_usage(model, usage)
-                    if not client_wants_usage:
+                    data = json.loads(chunk.removeprefix("data: "))
+                    cost = self._account(call, data.get("usage"))
+                    if not call.client_wants_usage:
                         continue
+                    data["usage"]["cost"] = cost
+                    chunk = f"data: {json.dumps(data)}\n\n"
+                elif call.reasoning and '"reasoning"' in chunk:
+                    data = json.loads(chunk.removeprefix("data: "))
+                    _add_reasoning_content(data)
+                    chunk = f"data: {json.dumps(data)}\n\n"
                 yield chunk
             finished = True
         except Exception as exc:  # the engine failed mid-stream: tell the client in-band
@@ -299,18 +349,18 @@ class Gateway:
                 chunks.cancel()
                 status = "499" if status == "200" else status
             metrics.IN_FLIGHT.labels(model).dec()
-            metrics.LATENCY.labels(model, endpoint).observe(time.perf_counter() - started)
-            metrics.REQUESTS.labels(model, endpoint, status).inc()
+            metrics.LATENCY.labels(model, call.endpoint).observe(time.perf_counter() - call.started)
+            metrics.REQUESTS.labels(model, call.endpoint, status).inc()
 
     # --- helpers ------------------------------------------------------------------
 
-    def _authorize(self, raw: Request) -> None:
-        if not self.api_keys:
-            return
+    def _authorize(self, raw: Request) -> str | None:
+        """The caller's API key; 401 when keys are configured and this one is not."""
         header = raw.headers.get("authorization", "")
-        token = header.removeprefix("Bearer ").strip()
-        if token not in self.api_keys:
+        token = header.removeprefix("Bearer ").strip() or None
+        if self.api_keys and token not in self.api_keys:
             raise APIError(401, "Incorrect API key provided.")
+        return token if self.api_keys else None
 
     async def _read_json(self, raw: Request) -> dict[str, Any]:
         body = await raw.body()

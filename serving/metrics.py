@@ -10,6 +10,7 @@ the process-local default registry is used.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,6 +21,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+if TYPE_CHECKING:
+    from serving.accounting import Cost
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -79,3 +83,32 @@ def record_usage(model: str, usage: object | None) -> None:
         else:
             cached = details.cached_tokens
         CACHED_PROMPT_TOKENS.labels(model).inc(cached or 0)
+
+
+REASONING_TOKENS = Counter(
+    "frugal_reasoning_tokens", "Completion tokens spent thinking (lever 2).", ["model"]
+)
+COST_USD = Counter(
+    "frugal_cost_usd", "What responses cost, in US dollars.", ["model", "api_key"]
+)
+BASELINE_COST_USD = Counter(
+    "frugal_baseline_cost_usd",
+    "What the same responses would cost on the naive baseline (largest model, no cache).",
+    ["model", "api_key"],
+)
+SAVED_USD = Counter(
+    "frugal_saved_usd",
+    "Baseline cost minus actual cost, by the lever that saved it.",
+    ["model", "api_key", "lever"],
+)
+
+
+def record_cost(cost: Cost, api_key: str, reasoning_tokens: int) -> None:
+    """Add one response's cost to the counters (a counter cannot go down: a lever that
+    cost more than the baseline is counted as zero saving)."""
+    COST_USD.labels(cost.model, api_key).inc(cost.total_usd)
+    BASELINE_COST_USD.labels(cost.model, api_key).inc(cost.baseline_usd)
+    for lever, saved in cost.saved_by_lever.items():
+        if saved > 0:
+            SAVED_USD.labels(cost.model, api_key, lever).inc(saved)
+    REASONING_TOKENS.labels(cost.model).inc(reasoning_tokens)

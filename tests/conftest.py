@@ -53,12 +53,22 @@ def server_config(port: int, model_path: Path) -> dict:
         "http_options": {"host": "127.0.0.1", "port": port},
         "ray": {"num_cpus": 8},
         "gateway": {"deployment_config": {"num_replicas": 2, "max_ongoing_requests": 1024}},
+        # The tight model doubles as the expensive baseline of the cost account.
+        "cost": {"baseline_model": "zoo-s-tight"},
         "models": [
             {
                 "model_loading_config": {"model_id": "zoo-s", "model_source": str(model_path)},
-                "engine_kwargs": engine,
-                "deployment_config": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 1}},
+                "engine_kwargs": {**engine, "reasoning_parser": "qwen3"},
+                "deployment_config": {
+                    "num_replicas": 2,
+                    "ray_actor_options": {"num_cpus": 1},
+                    "request_router_config": {},  # prefix-cache affinity (the default class)
+                },
                 "runtime_env": env,
+                "frugal": {
+                    "price": {"input_per_million": 0.1, "output_per_million": 0.4},
+                    "reasoning": {"low": 16, "medium": 64, "high": 256},
+                },
             },
             {
                 "model_loading_config": {
@@ -75,6 +85,7 @@ def server_config(port: int, model_path: Path) -> dict:
                     "health_check_period_s": 2,
                 },
                 "runtime_env": env,
+                "frugal": {"price": {"input_per_million": 1.0, "output_per_million": 4.0}},
             },
         ],
     }
