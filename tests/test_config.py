@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,30 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
          "--no-engine-args"], capture_output=True, text=True)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "3 model(s)" in good.stdout
+
+
+def _field_paths(model: type, prefix: str = "") -> set[str]:
+    from pydantic import BaseModel
+
+    paths = set()
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        paths.add(path)
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        for candidate in candidates:
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                paths |= _field_paths(candidate, path + ".")
+    return paths
+
+
+def test_every_knob_is_documented() -> None:
+    """docs/configuration.md names every key of the schema (top level and a model entry)."""
+    from serving.config import FrugalConfig, ModelConfig
+
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"`([a-z_.]+)", doc))
+    documented |= {part for name in documented for part in name.split(".")}
+    paths = _field_paths(FrugalConfig) | _field_paths(ModelConfig)
+    missing = sorted(p for p in paths if p.split(".")[-1] not in documented)
+    assert not missing, f"undocumented keys: {missing}"
