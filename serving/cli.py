@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from bench.cli import app as bench_app
+from serving.cache_cli import app as cache_app
 from serving.config_cli import app as config_app
 from serving.serve_cli import serve
 from serving.zoo.cli import app as zoo_app
@@ -23,6 +24,7 @@ app.command("serve")(serve)
 app.add_typer(config_app, name="config")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(bench_app, name="bench")
+app.add_typer(cache_app, name="cache")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import metrics
 from serving.accounting import Cost, CostModel, TokenUsage, cost_headers, key_label
+from serving.cache_advisor import PromptShapes, prompt_text
 from serving.config import FrugalConfig
 from serving.errors import APIError, error_response
 from serving.pricing import price_table
@@ -112,6 +113,7 @@ class _Call:
     api_key: str
     reasoning: bool
     client_wants_usage: bool = False
+    prefix: str = "other"
 
 
 def _add_reasoning_content(data: dict[str, Any]) -> None:
@@ -150,6 +152,7 @@ class Gateway:
         self.created = int(time.time())
         self.max_model_lens: dict[str, int] = {}
         self.cost_model = CostModel(config, price_table(config))
+        self.prompt_shapes = PromptShapes()
 
     # --- plain endpoints ----------------------------------------------------------
 
@@ -235,9 +238,18 @@ class Gateway:
             api_key=key_label(api_key),
             reasoning=plan is not None and plan.enabled,
         )
+        self._observe_prompt_shape(call)
         if request.stream:
             return await self._stream(handle, call)
         return await self._unary(handle, call)
+
+    def _observe_prompt_shape(self, call: _Call) -> None:
+        """Feed the cache advisor (`frugal cache report`)."""
+        text = prompt_text(call.request)
+        call.prefix = self.prompt_shapes.prefix_label(text)
+        metrics.PROMPTS.labels(call.api_key).inc()
+        if self.prompt_shapes.observe(call.api_key, text):
+            metrics.LATE_FIXED_PROMPTS.labels(call.api_key).inc()
 
     def _account(self, call: _Call, usage: Any) -> dict[str, Any] | None:
         """Record tokens and cost of one response; the cost as a JSON-able dict."""
@@ -245,6 +257,8 @@ class Gateway:
             return None
         metrics.record_usage(call.model, usage)
         tokens = TokenUsage.from_usage(usage)
+        metrics.PREFIX_PROMPT_TOKENS.labels(call.api_key, call.prefix).inc(tokens.prompt_tokens)
+        metrics.PREFIX_CACHED_TOKENS.labels(call.api_key, call.prefix).inc(tokens.cached_tokens)
         cost = self.cost_model.cost(call.model, tokens)
         metrics.record_cost(cost, call.api_key, tokens.reasoning_tokens)
         return cost.model_dump()

@@ -112,3 +112,22 @@ def record_cost(cost: Cost, api_key: str, reasoning_tokens: int) -> None:
         if saved > 0:
             SAVED_USD.labels(cost.model, api_key, lever).inc(saved)
     REASONING_TOKENS.labels(cost.model).inc(reasoning_tokens)
+
+
+PREFIX_PROMPT_TOKENS = Counter(
+    "frugal_prefix_prompt_tokens",
+    "Prompt tokens by API key and prompt prefix (first characters, hashed).",
+    ["api_key", "prefix"],
+)
+PREFIX_CACHED_TOKENS = Counter(
+    "frugal_prefix_cached_tokens",
+    "Prompt tokens served from the prefix cache, by API key and prompt prefix.",
+    ["api_key", "prefix"],
+)
+PROMPTS = Counter("frugal_prompts", "Prompts seen, by API key.", ["api_key"])
+LATE_FIXED_PROMPTS = Counter(
+    "frugal_late_fixed_prompts",
+    "Prompts that repeat a long part of a recent prompt after a varying start (the cache "
+    "cannot reuse it: put the fixed part first).",
+    ["api_key"],
+)
