@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -153,6 +153,11 @@ class ReasoningBudgets(StrictModel):
     low: int = Field(16, ge=0)
     medium: int = Field(64, ge=0)
     high: int = Field(256, ge=0)
+    default_effort: Literal["none", "low", "medium", "high"] = Field(
+        "none",
+        description="Effort for requests that ask for none (a reasoning model otherwise "
+        "thinks as long as it likes: this caps the bill by default).",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ReasoningBudgets:

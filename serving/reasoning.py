@@ -6,7 +6,8 @@ Accepted shapes (the first that is present wins, in this order):
   (Anthropic's shape);
 - `thinking_token_budget: N` (vLLM's own field);
 - `reasoning_effort`: `none` / `minimal` / `low` / `medium` / `high` / `xhigh` / `max`,
-  mapped to the per-model budgets of the YAML (`frugal.reasoning`).
+  mapped to the per-model budgets of the YAML (`frugal.reasoning`);
+- nothing: the model's `frugal.reasoning.default_effort` (default `none`).
 
 Enforcement is vLLM's engine-level thinking budget (`thinking_token_budget`): when the
 budget is spent the sampler forces the reasoning end token, so the model closes its
@@ -99,6 +100,12 @@ def plan_thinking(
     if effort is not None:
         return ThinkingPlan(
             budget=_from_effort(effort, model.frugal.reasoning), source="reasoning_effort"
+        )
+    kwargs = getattr(request, "chat_template_kwargs", None) or {}
+    if supports_reasoning(model) and "enable_thinking" not in kwargs:
+        budgets = model.frugal.reasoning
+        return ThinkingPlan(
+            budget=_from_effort(budgets.default_effort, budgets), source="default_effort"
         )
     return None
 
