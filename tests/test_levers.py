@@ -99,7 +99,9 @@ def test_reasoning_on_a_model_without_reasoning_mode_is_400(client: openai.OpenA
 
 SCHEMA = {
     "type": "object",
-    "properties": {"answer": {"type": "integer"}, "sure": {"type": "boolean"}},
+    # Bounded fields: an unbounded integer lets a small model emit digits until max_tokens.
+    "properties": {"answer": {"type": "string", "pattern": "^[0-9]{1,6}$"},
+                   "sure": {"type": "boolean"}},
     "required": ["answer", "sure"],
     "additionalProperties": False,
 }

@@ -1,0 +1,99 @@
+"""`frugal bench levers`: start frugal on the demo zoo with the lever variants side by side,
+run the reasoning, structured-output and prompt-cache benchmarks, write JSON + markdown."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def _model(model_id: str, source: Path, *, replicas: int = 1, **extra: Any) -> dict[str, Any]:
+    engine = {"dtype": "bfloat16", "enforce_eager": True, **extra.pop("engine", {})}
+    deployment: dict[str, Any] = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": 1}}
+    deployment.update(extra.pop("deployment", {}))
+    return {
+        "model_loading_config": {"model_id": model_id, "model_source": str(source)},
+        "engine_kwargs": engine,
+        "deployment_config": deployment,
+        "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        **extra,
+    }
+
+
+def request_levers_config(zoo: Path, port: int) -> dict[str, Any]:
+    """zoo-l with reasoning, and the same weights with vLLM's default JSON grammar."""
+    reasoning = {"reasoning_parser": "qwen3"}
+    spaced = {"structured_outputs_config": {"backend": "xgrammar"}}
+    return {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "models": [
+            _model("zoo-l", zoo / "zoo-l", engine=reasoning),
+            _model("zoo-l-spaced", zoo / "zoo-l", engine=spaced),
+        ],
+    }
+
+
+def cache_config(zoo: Path, port: int) -> dict[str, Any]:
+    """Two 2-replica deployments of zoo-m: prefix affinity vs Ray's default router."""
+    return {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "models": [
+            _model("zoo-m-affinity", zoo / "zoo-m", replicas=2,
+                   deployment={"request_router_config": {}}),
+            _model("zoo-m-default", zoo / "zoo-m", replicas=2),
+        ],
+    }
+
+
+def _table(rows: list[Any]) -> str:
+    dumped = [row.model_dump() for row in rows]
+    head = list(dumped[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in dumped:
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def levers(
+    out: Path = typer.Option(Path("docs/bench/levers"), help="Output folder."),
+    zoo_dir: Path | None = typer.Option(None, help="Zoo folder (default: the project's)."),
+    per_family: int = typer.Option(20, help="Items per task family."),
+    skip_cache: bool = typer.Option(False, help="Skip the 4-engine prompt-cache run."),
+) -> None:
+    """Reasoning budgets, structured output and prompt caching, measured side by side."""
+    from bench.levers import bench_cache, bench_reasoning, bench_structured
+    from bench.servers import running_frugal
+    from serving.zoo.paths import default_zoo_dir
+
+    zoo = zoo_dir or default_zoo_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    report = ["# Request levers, measured", "",
+              f"Command: `frugal bench levers --per-family {per_family}`", ""]
+    with running_frugal(request_levers_config, zoo) as base_url:
+        console.print("reasoning budgets...")
+        effort = asyncio.run(bench_reasoning(base_url, "zoo-l", per_family))
+        console.print("structured output...")
+        structured = asyncio.run(
+            bench_structured(base_url, "zoo-l", "zoo-l", "zoo-l-spaced", per_family))
+    report += ["## Reasoning effort (zoo-l, hardest level of each family)", "", _table(effort),
+               "", "## Structured output (zoo-l, easiest level, one-field answers)", "",
+               _table(structured), ""]
+    (out / "reasoning.json").write_text(
+        "[" + ",".join(row.model_dump_json() for row in effort) + "]\n")
+    (out / "structured.json").write_text(
+        "[" + ",".join(row.model_dump_json() for row in structured) + "]\n")
+    if not skip_cache:
+        with running_frugal(cache_config, zoo) as base_url:
+            console.print("prompt caching...")
+            cache = asyncio.run(bench_cache(base_url, "zoo-m-affinity", "zoo-m-default"))
+        (out / "cache.json").write_text(cache.model_dump_json(indent=2) + "\n")
+        report += ["## Prompt caching (zoo-m, 2 replicas per router)", "", _table([cache]), ""]
+    (out / "results.md").write_text("\n".join(report))
+    console.print("\n".join(report))
