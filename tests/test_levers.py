@@ -208,6 +208,6 @@ def test_streamed_cost_is_in_the_usage_chunk(client: openai.OpenAI) -> None:
 
 
 def test_zoo_model_answers_an_easy_item(client: openai.OpenAI) -> None:
-    item = generate_items("arithmetic", 1, 1, seed=1_000_000_777)[0]
+    item = generate_items("reverse", 2, 1, seed=1_000_000_777)[0]
     reply = client.chat.completions.create(model=MODEL, messages=item.messages, max_tokens=16)
     assert check_answer(item, reply.choices[0].message.content)

@@ -1,0 +1,172 @@
+"""`frugal zoo build`: train the zoo models, cache them, record a manifest.
+
+The zoo directory holds one Hugging Face checkpoint per model plus `MANIFEST.json`, which
+records each model's training config and the sha256 of every file. A model is rebuilt
+only when its directory is missing, its config changed or a file's hash no longer matches
+(so a shipped zoo costs nothing, and a hand-edited one is caught). Writes go to a temporary
+sibling directory that is renamed into place, so an interrupted build never leaves a
+half-written model that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from serving.zoo.train import TrainConfig
+
+MANIFEST = "MANIFEST.json"
+MANIFEST_VERSION = 1
+
+# The ladder. Each model is trained up to its own hardest levels: a small model has less
+# capacity *and* less training, which is what makes "smallest adequate model" a real choice.
+# Step counts are sized so the whole build fits 15 minutes on 2 cores (see docs/zoo.md).
+SPECS: dict[str, TrainConfig] = {
+    "zoo-s": TrainConfig(
+        shape="zoo-s",
+        steps=1500,
+        batch_size=64,
+        lr=3e-3,
+        seed=1,
+        max_difficulty={"arithmetic": 2, "reverse": 4, "recall": 4},
+    ),
+    "zoo-m": TrainConfig(
+        shape="zoo-m",
+        steps=1400,
+        batch_size=64,
+        lr=2e-3,
+        seed=2,
+        max_difficulty={"arithmetic": 3, "reverse": 6, "recall": 8},
+    ),
+    "zoo-l": TrainConfig(
+        shape="zoo-l",
+        steps=1100,
+        batch_size=64,
+        lr=1.5e-3,
+        seed=3,
+        max_difficulty={"arithmetic": 3, "reverse": 6, "recall": 8},
+    ),
+}
+
+
+class ModelRecord(BaseModel):
+    """What the manifest knows about one built model."""
+
+    config: TrainConfig
+    params: int
+    files: dict[str, str]  # file name -> sha256
+    build_seconds: float
+
+
+class Manifest(BaseModel):
+    version: int = MANIFEST_VERSION
+    models: dict[str, ModelRecord] = {}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_dir(path: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def read_manifest(zoo_dir: Path) -> Manifest:
+    path = zoo_dir / MANIFEST
+    if not path.exists():
+        return Manifest()
+    manifest = Manifest.model_validate_json(path.read_text())
+    return manifest if manifest.version == MANIFEST_VERSION else Manifest()
+
+
+def write_manifest(zoo_dir: Path, manifest: Manifest) -> None:
+    zoo_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    (zoo_dir / MANIFEST).write_text(text)
+
+
+def is_valid(zoo_dir: Path, name: str, cfg: TrainConfig, manifest: Manifest) -> bool:
+    """True when the cached model was built from `cfg` and its files are untouched."""
+    record = manifest.models.get(name)
+    model_dir = zoo_dir / name
+    if record is None or record.config != cfg or not model_dir.is_dir():
+        return False
+    return hash_dir(model_dir) == record.files
+
+
+def build_model(
+    cfg: TrainConfig, out_dir: Path, on_step: Callable[[int, float], None] | None = None
+) -> ModelRecord:
+    """Train one model and save it to `out_dir` (replaced atomically)."""
+    from serving.zoo.checkpoint import count_params, save_checkpoint
+    from serving.zoo.train import train
+
+    start = time.monotonic()
+    model = train(cfg, on_step)
+    params = count_params(model)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return ModelRecord(
+        config=cfg,
+        params=params,
+        files=hash_dir(out_dir),
+        build_seconds=round(time.monotonic() - start, 1),
+    )
+
+
+def build_zoo(
+    zoo_dir: Path,
+    specs: dict[str, TrainConfig] | None = None,
+    force: bool = False,
+    only: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Build every model in `specs` (default SPECS) that is not validly cached.
+
+    Returns {name: "built" | "cached"}. Progress is a rich bar per model.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    specs = SPECS if specs is None else specs
+    names = [n for n in specs if not only or n in only]
+    unknown = set(only or []) - set(specs)
+    if unknown:
+        raise ValueError(f"unknown zoo model(s) {sorted(unknown)}; expected {list(specs)}")
+    manifest = read_manifest(zoo_dir)
+    result: dict[str, str] = {}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps  loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, disable=not progress) as bar:
+        for name in names:
+            cfg = specs[name]
+            if not force and is_valid(zoo_dir, name, cfg, manifest):
+                result[name] = "cached"
+                continue
+            task = bar.add_task(name, total=cfg.steps, loss=float("nan"))
+
+            def report(step: int, loss: float, task=task) -> None:
+                bar.update(task, completed=step + 1, loss=loss)
+
+            manifest.models[name] = build_model(cfg, zoo_dir / name, report)
+            write_manifest(zoo_dir, manifest)
+            result[name] = "built"
+    if not (zoo_dir / MANIFEST).exists():
+        write_manifest(zoo_dir, manifest)
+    return result

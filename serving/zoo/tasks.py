@@ -1,0 +1,196 @@
+"""The zoo task suite: graded synthetic tasks whose answers can be checked exactly.
+
+Reused by the zoo's training, its model cards, the benchmark, the router's training data,
+quantization calibration and tests. Three families, each with difficulty levels:
+
+- `arithmetic`: add two numbers of `difficulty` digits each ("What is 4567 + 1234?").
+- `reverse`: reverse a lowercase word of `difficulty` letters.
+- `recall`: a list of `difficulty` key=value records, then a question about one key. The
+  long context is what makes prompt caching and compaction matter.
+
+Items are chat messages in plain language (several phrasings per family, an optional fixed
+system prompt). The expected answer is the exact text the assistant must give after any
+`<think>...</think>` block. Each item also carries the scratchpad the zoo models are trained
+to write when thinking is enabled.
+
+Seeds: `generate_items(family, difficulty, n, seed)` is a pure function of its arguments.
+Training draws seeds only from `TRAIN_SEEDS` (0 <= seed < 1,000,000); evaluation uses
+`EVAL_SEED` (1,000,000,007) or any other seed >= `EVAL_SEED_MIN`, never used in training.
+Small levels have few distinct items (1-digit sums: 100), so some eval items also occur in
+training by value; from 2 digits / 4 letters / 4 records up they almost never do.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+FAMILIES: tuple[str, ...] = ("arithmetic", "reverse", "recall")
+DIFFICULTIES: dict[str, tuple[int, ...]] = {
+    "arithmetic": (1, 2, 3),  # digits per operand
+    "reverse": (2, 4, 6),  # letters
+    "recall": (2, 4, 8),  # key=value records in the context
+}
+TRAIN_SEEDS = range(0, 1_000_000)
+EVAL_SEED_MIN = 1_000_000_000
+EVAL_SEED = 1_000_000_007
+SYSTEM_PROMPT = "Reply with the answer only."
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# Recall keys are single capital letters (one token each), so that the hard part is
+# finding one record among many, not matching multi-token keys.
+KEY_LETTERS = string.ascii_uppercase
+
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    "arithmetic": (
+        "What is {a} + {b}?",
+        "Compute {a} plus {b}.",
+        "Add {a} and {b}.",
+        "{a} + {b} = ?",
+        "Calculate the sum of {a} and {b}.",
+    ),
+    "reverse": (
+        "Reverse the word {w}.",
+        "Write {w} backwards.",
+        "What is {w} spelled in reverse?",
+        "Reverse this string: {w}",
+    ),
+    "recall": (
+        "Here are some codes:\n{records}\nWhat is the code for {k}?",
+        "Remember these values.\n{records}\nWhich value does {k} have?",
+        "{records}\nLook up {k}.",
+        "Records:\n{records}\nWhat is {k}?",
+    ),
+}
+
+
+class TaskItem(BaseModel):
+    """One exactly checkable task: chat messages in, one answer string out."""
+
+    id: str
+    family: str
+    difficulty: int
+    messages: list[dict[str, str]]
+    expected: str
+    # What a zoo model writes inside <think>...</think> for this item (training target).
+    scratchpad: str = ""
+
+
+def _arithmetic(rng: random.Random, digits: int) -> tuple[dict[str, str], str, str]:
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    a, b = rng.randint(low, 10**digits - 1), rng.randint(low, 10**digits - 1)
+    total = str(a + b)
+    # Scratchpad: both operands reversed (least significant digit first), then the sum
+    # reversed. Aligned, low-digit-first addition is what tiny models can learn (see
+    # RUNTIME.md); the answer is then the reversed sum read backwards.
+    scratch = f"{str(a)[::-1]}+{str(b)[::-1]}={total[::-1]}"
+    return {"a": str(a), "b": str(b)}, total, scratch
+
+
+def _reverse(rng: random.Random, length: int) -> tuple[dict[str, str], str, str]:
+    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(length))
+    # Scratchpad: the word cut in halves, each half reversed, in swapped order; short
+    # reversals are easier than long ones and the answer is then a copy.
+    half = (length + 1) // 2
+    head, tail = word[:half], word[half:]
+    scratch = f"{head} {tail}\n{tail[::-1]} {head[::-1]}"
+    return {"w": word}, word[::-1], scratch
+
+
+def _recall(rng: random.Random, pairs: int) -> tuple[dict[str, str], str, str]:
+    keys = rng.sample(KEY_LETTERS, pairs)
+    values = [f"{rng.randint(0, 999):03d}" for _ in keys]
+    asked = rng.randrange(pairs)
+    records = "\n".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+    # Scratchpad: the matching record, restated.
+    scratch = f"{keys[asked]}={values[asked]}"
+    return {"records": records, "k": keys[asked]}, values[asked], scratch
+
+
+_GENERATORS: dict[str, Callable[[random.Random, int], tuple[dict[str, str], str, str]]] = {
+    "arithmetic": _arithmetic,
+    "reverse": _reverse,
+    "recall": _recall,
+}
+
+
+def generate_items(
+    family: str, difficulty: int, n: int, seed: int, system_prompt: bool = False
+) -> list[TaskItem]:
+    """`n` items of one family and difficulty; a pure function of its arguments."""
+    if family not in _GENERATORS:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    if difficulty not in DIFFICULTIES[family]:
+        raise ValueError(
+            f"unknown difficulty {difficulty} for {family}; expected {DIFFICULTIES[family]}"
+        )
+    # A str seed is hashed with SHA-512 by `random`: stable across runs and machines.
+    rng = random.Random(f"{family}/{difficulty}/{seed}")
+    items = []
+    for i in range(n):
+        fields, expected, scratch = _GENERATORS[family](rng, difficulty)
+        prompt = rng.choice(PHRASINGS[family]).format(**fields)
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}] if system_prompt else []
+        messages.append({"role": "user", "content": prompt})
+        items.append(
+            TaskItem(
+                id=f"{family}-d{difficulty}-s{seed}-{i}",
+                family=family,
+                difficulty=difficulty,
+                messages=messages,
+                expected=expected,
+                scratchpad=scratch,
+            )
+        )
+    return items
+
+
+def mixed_suite(n_per_cell: int, seed: int, system_prompt: bool = False) -> list[TaskItem]:
+    """`n_per_cell` items for every (family, difficulty) cell, families in FAMILIES order."""
+    return [
+        item
+        for family in FAMILIES
+        for difficulty in DIFFICULTIES[family]
+        for item in generate_items(family, difficulty, n_per_cell, seed, system_prompt)
+    ]
+
+
+def final_answer(text: str) -> str | None:
+    """The answer part of a model's output: after the last `</think>`, stripped.
+
+    None when a think block was opened but never closed (no answer was given).
+    """
+    if THINK_CLOSE in text:
+        return text.rsplit(THINK_CLOSE, 1)[1].strip()
+    if text.lstrip().startswith(THINK_OPEN):
+        return None
+    return text.strip()
+
+
+def check_answer(item: TaskItem, text: str) -> bool:
+    """Right or wrong: whitespace around the answer and a leading think block are ignored;
+    anything else (punctuation, extra words, other formatting) makes it wrong."""
+    answer = final_answer(text)
+    return answer is not None and answer == item.expected
+
+
+def export_jsonl(items: Iterable[TaskItem], out: Path) -> int:
+    """Write one JSON object per line (TaskItem fields); returns the number written."""
+    count = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as fh:
+        for item in items:
+            fh.write(json.dumps(item.model_dump(), ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def load_jsonl(path: Path) -> list[TaskItem]:
+    """Read items written by `export_jsonl`."""
+    with path.open(encoding="utf-8") as fh:
+        return [TaskItem.model_validate_json(line) for line in fh if line.strip()]

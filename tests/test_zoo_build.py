@@ -1,0 +1,66 @@
+"""Zoo build: a tiny deterministic build, caching, checkpoint shape, zoo dir resolution."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serving.zoo.build import build_zoo, hash_dir, read_manifest
+from serving.zoo.train import TrainConfig
+
+TINY = {"tiny": TrainConfig(shape="tiny", steps=2, batch_size=4, micro_batch=2, lr=1e-3)}
+
+
+def test_tiny_build_is_deterministic_and_cached(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert build_zoo(first, specs=TINY, progress=False) == {"tiny": "built"}
+    assert build_zoo(second, specs=TINY, progress=False) == {"tiny": "built"}
+    assert hash_dir(first / "tiny") == hash_dir(second / "tiny")
+    files = set(hash_dir(first / "tiny"))
+    assert {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json"} <= files
+    manifest = read_manifest(first)
+    assert manifest.models["tiny"].files == hash_dir(first / "tiny")
+    assert manifest.models["tiny"].config == TINY["tiny"]
+
+    # Valid cache: nothing to do. Tampered file or changed config: rebuilt.
+    assert build_zoo(first, specs=TINY, progress=False) == {"tiny": "cached"}
+    (first / "tiny" / "config.json").write_text("{}")
+    assert build_zoo(first, specs=TINY, progress=False) == {"tiny": "built"}
+    assert hash_dir(first / "tiny") == hash_dir(second / "tiny")
+    changed = {"tiny": TINY["tiny"].model_copy(update={"seed": 5})}
+    assert build_zoo(first, specs=changed, progress=False) == {"tiny": "built"}
+    assert hash_dir(first / "tiny") != hash_dir(second / "tiny")
+
+
+def test_only_rejects_unknown_names(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown zoo model"):
+        build_zoo(tmp_path, specs=TINY, only=["zoo-xl"], progress=False)
+
+
+def test_random_checkpoint_fixture_loads_with_vllm_friendly_config(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from serving.zoo.checkpoint import write_checkpoint
+
+    path = write_checkpoint("zoo-s", tmp_path / "zoo-s", seed=0)
+    config = json.loads((path / "config.json").read_text())
+    assert config["head_dim"] == 64 and config["hidden_size"] == 64 * config["num_attention_heads"]
+    assert config["max_position_embeddings"] >= 1024
+    gen = json.loads((path / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == config["eos_token_id"]
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.eos_token_id == config["eos_token_id"] and tok.pad_token_id == config["pad_token_id"]
+    assert tok.chat_template
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.vocab_size >= len(tok)
+
+
+def test_default_zoo_dir(monkeypatch, tmp_path: Path) -> None:
+    from serving.zoo.paths import default_zoo_dir
+
+    monkeypatch.setenv("FRUGAL_ZOO_DIR", str(tmp_path))
+    assert default_zoo_dir() == tmp_path
+    monkeypatch.delenv("FRUGAL_ZOO_DIR")
+    assert default_zoo_dir() == Path(__file__).resolve().parents[1] / "zoo"

@@ -1,0 +1,166 @@
+"""The zoo task suite and tokenizer: generators, checkers, export, chat template."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from serving.zoo import tasks
+from serving.zoo.tasks import (
+    DIFFICULTIES,
+    EVAL_SEED,
+    FAMILIES,
+    TRAIN_SEEDS,
+    TaskItem,
+    check_answer,
+    generate_items,
+    mixed_suite,
+)
+
+
+def test_families_and_levels_are_graded() -> None:
+    assert len(FAMILIES) >= 3
+    for family in FAMILIES:
+        levels = DIFFICULTIES[family]
+        assert len(levels) >= 3 and list(levels) == sorted(levels)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generators_are_seeded_and_pure(family: str) -> None:
+    for difficulty in DIFFICULTIES[family]:
+        first = generate_items(family, difficulty, 20, seed=7)
+        assert first == generate_items(family, difficulty, 20, seed=7)
+        assert first != generate_items(family, difficulty, 20, seed=8)
+        assert len({item.id for item in first}) == 20
+        for item in first:
+            assert item.family == family and item.difficulty == difficulty
+            assert item.messages[-1]["role"] == "user"
+            assert check_answer(item, item.expected)
+
+
+def test_eval_seed_is_never_a_training_seed() -> None:
+    assert EVAL_SEED not in TRAIN_SEEDS
+    assert tasks.EVAL_SEED_MIN > TRAIN_SEEDS[-1]
+
+
+def test_arithmetic_answers_are_sums() -> None:
+    for difficulty in DIFFICULTIES["arithmetic"]:
+        for item in generate_items("arithmetic", difficulty, 30, seed=1):
+            numbers = [
+                int(tok)
+                for tok in item.messages[-1]["content"].replace("?", " ").replace(".", " ").split()
+                if tok.isdigit()
+            ]
+            assert len(numbers) == 2
+            assert all(len(str(x)) == difficulty for x in numbers)
+            assert item.expected == str(sum(numbers))
+
+
+def test_reverse_and_recall_answers() -> None:
+    for item in generate_items("reverse", 6, 20, seed=1):
+        word = [
+            w
+            for w in item.messages[-1]["content"].replace(".", " ").split()
+            if len(w) == 6 and w.islower()
+        ][-1]
+        assert item.expected == word[::-1]
+    for item in generate_items("recall", 8, 20, seed=1):
+        content = item.messages[-1]["content"]
+        records = dict(line.split("=") for line in content.splitlines() if "=" in line)
+        assert len(records) == 8
+        question = content.splitlines()[-1].rstrip("?.").split()
+        asked = [k for k in records if k in question]
+        assert len(asked) == 1 and records[asked[0]] == item.expected
+
+
+def test_several_phrasings_and_optional_system_prompt() -> None:
+    items = generate_items("arithmetic", 2, 60, seed=3)
+    templates = {item.messages[-1]["content"].split()[0] for item in items}
+    assert len(templates) >= 3
+    assert all(len(item.messages) == 1 for item in items)
+    with_system = generate_items("arithmetic", 2, 5, seed=3, system_prompt=True)
+    assert all(
+        item.messages[0] == {"role": "system", "content": tasks.SYSTEM_PROMPT}
+        for item in with_system
+    )
+    # The system prompt does not change the items themselves.
+    assert [i.expected for i in with_system] == [i.expected for i in items[:5]]
+
+
+def _item(expected: str) -> TaskItem:
+    return TaskItem(id="x", family="arithmetic", difficulty=4, messages=[], expected=expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "right"),
+    [
+        ("1234", True),
+        ("  1234\n", True),
+        ("<think>4321+0=4321</think>1234", True),
+        ("<think>\nscratch\n</think>\n 1234 ", True),
+        ("scratch</think>1234", True),  # thinking prompts end in <think>
+        ("<think>1234", False),  # never closed: no answer given
+        ("1,234", False),
+        ("1234.", False),
+        ("01234", False),
+        ("The answer is 1234", False),
+        ("12 34", False),
+        ("", False),
+        ("<think>1234</think>", False),
+        ("<think></think>4321", False),
+    ],
+)
+def test_check_answer_is_tolerant_of_whitespace_and_think_only(text: str, right: bool) -> None:
+    assert check_answer(_item("1234"), text) is right
+
+
+def test_unknown_family_or_level_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown family"):
+        generate_items("poetry", 1, 1, 0)
+    with pytest.raises(ValueError, match="expected"):
+        generate_items("arithmetic", 99, 1, 0)
+
+
+def test_mixed_suite_covers_every_cell() -> None:
+    suite = mixed_suite(3, seed=EVAL_SEED)
+    cells = {(i.family, i.difficulty) for i in suite}
+    assert cells == {(f, d) for f in FAMILIES for d in DIFFICULTIES[f]}
+    assert len(suite) == 3 * len(cells)
+
+
+def test_export_suite_cli_writes_loadable_jsonl(tmp_path) -> None:
+    from serving.zoo.cli import app
+
+    out = tmp_path / "suite.jsonl"
+    result = CliRunner().invoke(app, ["export-suite", "--out", str(out), "--n", "2", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2 * sum(len(v) for v in DIFFICULTIES.values())
+    first = json.loads(lines[0])
+    assert {"id", "family", "difficulty", "messages", "expected"} <= first.keys()
+    assert tasks.load_jsonl(out) == mixed_suite(2, seed=5)
+
+
+def test_tokenizer_think_tokens_and_chat_template() -> None:
+    from serving.zoo.tokenizer import EOS, build_tokenizer
+    from serving.zoo.train import encode, render_prompt
+
+    tok = build_tokenizer()
+    think_open, think_close = tok.convert_tokens_to_ids(["<think>", "</think>"])
+    assert tok.encode("<think>", add_special_tokens=False) == [think_open]
+    assert tok.encode("</think>", add_special_tokens=False) == [think_close]
+    # Not special: they survive skip_special_tokens, so reasoning parsers can see them.
+    assert tok.decode([think_open, think_close], skip_special_tokens=True) == "<think></think>"
+    item = generate_items("recall", 4, 1, seed=2, system_prompt=True)[0]
+    off = tok.apply_chat_template(item.messages, tokenize=False, add_generation_prompt=True)
+    on = tok.apply_chat_template(
+        item.messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
+    assert off.endswith("<|assistant|><think></think>") and on.endswith("<|assistant|><think>")
+    assert off == render_prompt(item.messages, False) and on == render_prompt(item.messages, True)
+    text = on + "a=1 \n</think>123" + EOS
+    ids = tok.encode(text, add_special_tokens=False)
+    assert ids == encode(text)
+    assert tok.decode(ids) == text
