@@ -68,8 +68,8 @@ def levers(
     skip_cache: bool = typer.Option(False, help="Skip the 4-engine prompt-cache run."),
 ) -> None:
     """Reasoning budgets, structured output and prompt caching, measured side by side."""
+    from bench.launch import running_frugal
     from bench.levers import bench_cache, bench_reasoning, bench_structured
-    from bench.servers import running_frugal
     from serving.zoo.paths import default_zoo_dir
 
     zoo = zoo_dir or default_zoo_dir()
