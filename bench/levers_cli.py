@@ -26,27 +26,33 @@ def _model(model_id: str, source: Path, *, replicas: int = 1, **extra: Any) -> d
     }
 
 
+def largest_zoo_model(zoo: Path) -> str:
+    return next(n for n in ("zoo-l", "zoo-m", "zoo-s") if (zoo / n / "config.json").exists())
+
+
 def request_levers_config(zoo: Path, port: int) -> dict[str, Any]:
-    """zoo-l with reasoning, and the same weights with vLLM's default JSON grammar."""
+    """The largest zoo model with reasoning, and the same weights with vLLM's default
+    JSON grammar (whitespace allowed)."""
+    name = largest_zoo_model(zoo)
     reasoning = {"reasoning_parser": "qwen3"}
     spaced = {"structured_outputs_config": {"backend": "xgrammar"}}
     return {
         "http_options": {"host": "127.0.0.1", "port": port},
         "models": [
-            _model("zoo-l", zoo / "zoo-l", engine=reasoning),
-            _model("zoo-l-spaced", zoo / "zoo-l", engine=spaced),
+            _model("bench", zoo / name, engine=reasoning),
+            _model("bench-spaced", zoo / name, engine=spaced),
         ],
     }
 
 
 def cache_config(zoo: Path, port: int) -> dict[str, Any]:
-    """Two 2-replica deployments of zoo-m: prefix affinity vs Ray's default router."""
+    """Two 2-replica deployments of one model: prefix affinity vs Ray's default router."""
+    name = largest_zoo_model(zoo)
     return {
         "http_options": {"host": "127.0.0.1", "port": port},
         "models": [
-            _model("zoo-m-affinity", zoo / "zoo-m", replicas=2,
-                   deployment={"request_router_config": {}}),
-            _model("zoo-m-default", zoo / "zoo-m", replicas=2),
+            _model("affinity", zoo / name, replicas=2, deployment={"request_router_config": {}}),
+            _model("default", zoo / name, replicas=2),
         ],
     }
 
@@ -73,17 +79,19 @@ def levers(
     from serving.zoo.paths import default_zoo_dir
 
     zoo = zoo_dir or default_zoo_dir()
+    name = largest_zoo_model(zoo)
     out.mkdir(parents=True, exist_ok=True)
     report = ["# Request levers, measured", "",
               f"Command: `frugal bench levers --per-family {per_family}`", ""]
     with running_frugal(request_levers_config, zoo) as base_url:
         console.print("reasoning budgets...")
-        effort = asyncio.run(bench_reasoning(base_url, "zoo-l", per_family))
+        effort = asyncio.run(bench_reasoning(base_url, "bench", per_family))
         console.print("structured output...")
         structured = asyncio.run(
-            bench_structured(base_url, "zoo-l", "zoo-l", "zoo-l-spaced", per_family))
-    report += ["## Reasoning effort (zoo-l, hardest level of each family)", "", _table(effort),
-               "", "## Structured output (zoo-l, easiest level, one-field answers)", "",
+            bench_structured(base_url, "bench", "bench", "bench-spaced", per_family))
+    report += [f"## Reasoning effort ({name}, hardest level of each family)", "",
+               _table(effort), "",
+               f"## Structured output ({name}, easiest level, one-field answers)", "",
                _table(structured), ""]
     (out / "reasoning.json").write_text(
         "[" + ",".join(row.model_dump_json() for row in effort) + "]\n")
@@ -92,8 +100,8 @@ def levers(
     if not skip_cache:
         with running_frugal(cache_config, zoo) as base_url:
             console.print("prompt caching...")
-            cache = asyncio.run(bench_cache(base_url, "zoo-m-affinity", "zoo-m-default"))
+            cache = asyncio.run(bench_cache(base_url, "affinity", "default"))
         (out / "cache.json").write_text(cache.model_dump_json(indent=2) + "\n")
-        report += ["## Prompt caching (zoo-m, 2 replicas per router)", "", _table([cache]), ""]
+        report += [f"## Prompt caching ({name}, 2 replicas per router)", "", _table([cache]), ""]
     (out / "results.md").write_text("\n".join(report))
     console.print("\n".join(report))
