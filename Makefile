@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The zoo ships in zoo/; `frugal zoo build` verifies it and trains only what is missing.
+# ZOO lists the models deployments/local.yaml serves.
+ZOO ?= zoo-s
 zoo: $(STAMP)
-	$(BIN)/frugal zoo build
+	$(BIN)/frugal zoo build $(foreach m,$(ZOO),--only $(m))
 
 run: zoo
 	$(BIN)/frugal serve $(CONFIG)
@@ -33,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # The server tests serve zoo-s only, so the test target needs no other zoo model.
-test: $(STAMP) lint
+test: lint
 	$(BIN)/frugal zoo build --only zoo-s
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

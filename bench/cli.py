@@ -5,3 +5,77 @@ from __future__ import annotations
 import typer
 
 app = typer.Typer(help="Benchmarks measured side by side in one run.", no_args_is_help=True)
+
+
+@app.command("quantize")
+def quantize_bench(
+    model: str = typer.Option("", help="16-bit checkpoint; default: the largest zoo model."),
+    out: str = typer.Option("docs/quantize-bench", help="Where the JSON, table and plot go."),
+    eval_per_cell: int = typer.Option(20, help="Held-out items per task cell for accuracy."),
+    concurrency: int = typer.Option(16, help="Concurrent requests for throughput and TTFT."),
+) -> None:
+    """Every quantization method and bit width vs the 16-bit model, side by side."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from bench.quantize_bench import largest_zoo_model, markdown, run_bench
+
+    console = Console(stderr=True)
+    source = Path(model) if model else largest_zoo_model()
+    rows = run_bench(
+        source, Path(out), per_cell=eval_per_cell, concurrency=concurrency, say=console.print
+    )
+    print(markdown(rows))
+
+
+# Scorecard and routing benchmark (issue 5): commands live in bench/eval_cli.py.
+from bench.eval_cli import eval_command, route_command  # noqa: E402
+
+app.command("eval")(eval_command)
+app.command("route")(route_command)
+
+# Request-lever benchmarks (issue 7).
+from bench.levers_cli import levers  # noqa: E402
+
+app.command("levers")(levers)
+
+
+@app.command("serve")
+def serve(
+    model_path: str = typer.Option("zoo/zoo-l", help="Checkpoint both servers load."),
+    model_id: str = typer.Option("", help="Served model name (default: the folder name)."),
+    concurrency: str = typer.Option("1,16,64", help="Comma-separated concurrency levels."),
+    requests_per_level: int = typer.Option(
+        256, help="Requests per level and round (at least 4x the concurrency; 32 at 1)."),
+    max_tokens: int = typer.Option(64, help="Output tokens per request (ignore_eos)."),
+    rounds: int = typer.Option(2, help="Interleaved rounds per level."),
+    out: str = typer.Option("docs/bench/serve", help="Where results.json/.md, serve.png go."),
+) -> None:
+    """Raw vLLM OpenAI server vs frugal on one model, side by side in one run: throughput
+    and TTFT per concurrency, and frugal's batching vs one request at a time."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bench.serve_bench import markdown, run_serve_bench
+
+    console = Console(stderr=True)
+    path = Path(model_path)
+    if not (path / "config.json").exists():
+        console.print(f"[red]no checkpoint at {path}[/red] (build the zoo with `frugal zoo "
+                      "build`, or pass --model-path)")
+        raise typer.Exit(1)
+    levels = sorted(int(x) for x in concurrency.split(","))
+    command = (f"frugal bench serve --model-path {model_path} --concurrency {concurrency} "
+               f"--requests-per-level {requests_per_level} --max-tokens {max_tokens} "
+               f"--rounds {rounds} --out {out}")
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+               "{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        result = run_serve_bench(
+            path, model_id=model_id or path.name, levels=levels,
+            requests_per_level=requests_per_level, rounds=rounds, max_tokens=max_tokens,
+            out=Path(out), command=command, progress=progress, say=console.print)
+    print(markdown(result))

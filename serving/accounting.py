@@ -113,6 +113,31 @@ class CostModel:
         )
 
 
+def combine_costs(costs: list[Cost]) -> Cost:
+    """One bill for several calls of one request (a cascade's first try and its retry):
+    amounts add up; the model and baseline are the last call's."""
+    last = costs[-1]
+    summed = {
+        field: sum(getattr(cost, field) for cost in costs)
+        for field in ("input_usd", "cached_input_usd", "output_usd", "reasoning_usd", "total_usd")
+    }
+    levers = {
+        lever: sum(cost.saved_by_lever.get(lever, 0.0) for cost in costs)
+        for lever in last.saved_by_lever
+    }
+    # Savings are against one baseline call, not one per try.
+    saved = last.baseline_usd - summed["total_usd"]
+    levers["routing"] += saved - sum(levers.values())
+    return Cost(
+        model=last.model,
+        baseline_model=last.baseline_model,
+        baseline_usd=last.baseline_usd,
+        saved_usd=saved,
+        saved_by_lever=levers,
+        **summed,
+    )
+
+
 def key_label(api_key: str | None) -> str:
     """A metrics label for an API key that does not reveal it."""
     if not api_key:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import typer
 
 from bench.cli import app as bench_app
+from quantize.cli import app as quantize_app
 from serving.cache_cli import app as cache_app
 from serving.config_cli import app as config_app
+from serving.router.cli import app as router_app
 from serving.serve_cli import serve
 from serving.zoo.cli import app as zoo_app
 
@@ -25,6 +27,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cache_app, name="cache")
+app.add_typer(quantize_app, name="quantize")
+app.add_typer(router_app, name="router")
 
 
 if __name__ == "__main__":

@@ -32,12 +32,15 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import metrics
-from serving.accounting import Cost, CostModel, TokenUsage, cost_headers, key_label
+from serving.accounting import Cost, CostModel, TokenUsage, combine_costs, cost_headers, key_label
 from serving.cache_advisor import PromptShapes, prompt_text
 from serving.config import FrugalConfig
 from serving.errors import APIError, error_response
 from serving.pricing import price_table
 from serving.reasoning import apply_thinking, plan_thinking, pop_reasoning_fields
+from serving.router.runtime import RouteDecision, Router, validate_min_quality
+
+AUTO = "auto"
 
 logger = logging.getLogger("frugal.gateway")
 
@@ -114,6 +117,39 @@ class _Call:
     reasoning: bool
     client_wants_usage: bool = False
     prefix: str = "other"
+    decision: RouteDecision | None = None
+
+
+def _route_messages(request: Any) -> list[dict[str, str]]:
+    """The request as plain chat messages, the router's input."""
+    messages = getattr(request, "messages", None)
+    if messages is None:
+        return [{"role": "user", "content": str(getattr(request, "prompt", ""))}]
+    plain = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        plain.append({"role": str(message.get("role", "user")), "content": content or ""})
+    return plain
+
+
+def _wants_logprobs(request: Any, endpoint: str) -> bool:
+    return bool(request.logprobs)
+
+
+def _ask_logprobs(request: Any, endpoint: str) -> None:
+    """The cascade judges an answer by its token log-probabilities."""
+    request.logprobs = True if endpoint == "chat" else 1
+
+
+def _answer_logprobs(result: Any, endpoint: str) -> list[float] | None:
+    choice = result.choices[0]
+    if choice.logprobs is None:
+        return None
+    if endpoint == "chat":
+        return [token.logprob for token in choice.logprobs.content or []]
+    return [lp for lp in choice.logprobs.token_logprobs or [] if lp is not None]
 
 
 def _add_reasoning_content(data: dict[str, Any]) -> None:
@@ -151,7 +187,9 @@ class Gateway:
         self.max_request_bytes = config.gateway.max_request_bytes
         self.created = int(time.time())
         self.max_model_lens: dict[str, int] = {}
-        self.cost_model = CostModel(config, price_table(config))
+        self.router = Router.load(config)
+        prices = self.router.prices if self.router else price_table(config)
+        self.cost_model = CostModel(config, prices)
         self.prompt_shapes = PromptShapes()
 
     # --- plain endpoints ----------------------------------------------------------
@@ -179,6 +217,9 @@ class Gateway:
             }
             for model in self.config.models
         ]
+        if self.router is not None:
+            data.append({"id": AUTO, "object": "model", "created": self.created,
+                         "owned_by": "frugal", "root": None, "max_model_len": None})
         return {"object": "list", "data": data}
 
     async def _max_model_len(self, model_id: str) -> int | None:
@@ -214,11 +255,14 @@ class Gateway:
         if not body.get("model"):
             raise APIError(400, "you must provide a model parameter", param="model")
         reasoning_extra = pop_reasoning_fields(body) if endpoint == "chat" else {}
+        frugal_extra = body.pop("frugal", None)
         try:
             request = request_cls.model_validate(body)
         except ValidationError as exc:
             message, param = _validation_message(exc)
             raise APIError(400, message, param=param) from None
+        target = self._quality_target(frugal_extra, api_key)
+        decision = self._route(request, target) if request.model == AUTO else None
         model = request.model
         handle = self.servers.get(model)
         if handle is None:
@@ -237,6 +281,7 @@ class Gateway:
             started=started,
             api_key=key_label(api_key),
             reasoning=plan is not None and plan.enabled,
+            decision=decision,
         )
         self._observe_prompt_shape(call)
         if request.stream:
@@ -251,8 +296,38 @@ class Gateway:
         if self.prompt_shapes.observe(call.api_key, text):
             metrics.LATE_FIXED_PROMPTS.labels(call.api_key).inc()
 
-    def _account(self, call: _Call, usage: Any) -> dict[str, Any] | None:
-        """Record tokens and cost of one response; the cost as a JSON-able dict."""
+    def _quality_target(self, frugal_extra: Any, api_key: str | None) -> float | None:
+        """The request's `extra_body.frugal.min_quality` (validated), else None."""
+        if frugal_extra is None:
+            return None
+        if not isinstance(frugal_extra, dict):
+            raise APIError(400, "frugal must be an object", param="frugal")
+        if "min_quality" not in frugal_extra:
+            return None
+        try:
+            return validate_min_quality(frugal_extra["min_quality"])
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="frugal.min_quality") from None
+
+    def _route(self, request: Any, target: float | None) -> RouteDecision:
+        """Lever 1: `model="auto"` becomes the cheapest model predicted good enough."""
+        if self.router is None:
+            raise APIError(
+                400,
+                "model='auto' needs a router: set router.scorecard in the deployments YAML "
+                "(frugal bench eval writes one)",
+                param="model",
+            )
+        decision = self.router.choose(_route_messages(request), target)
+        request.model = decision.model
+        metrics.ROUTER_DECISIONS.labels(decision.model).inc()
+        metrics.ROUTER_PREDICTED.labels(decision.model).observe(
+            decision.predicted[decision.model]
+        )
+        return decision
+
+    def _account(self, call: _Call, usage: Any) -> Cost | None:
+        """Record tokens and cost of one response."""
         if usage is None:
             return None
         metrics.record_usage(call.model, usage)
@@ -261,9 +336,10 @@ class Gateway:
         metrics.PREFIX_CACHED_TOKENS.labels(call.api_key, call.prefix).inc(tokens.cached_tokens)
         cost = self.cost_model.cost(call.model, tokens)
         metrics.record_cost(cost, call.api_key, tokens.reasoning_tokens)
-        return cost.model_dump()
+        return cost
 
-    async def _unary(self, handle: DeploymentHandle, call: _Call) -> Response:
+    async def _call_model(self, handle: DeploymentHandle, call: _Call) -> Any:
+        """One non-streaming call to a model deployment, with metrics; errors -> APIError."""
         model = call.model
         metrics.IN_FLIGHT.labels(model).inc()
         status = 500
@@ -279,23 +355,52 @@ class Gateway:
                 error = _map_handle_error(exc, model, self.retry_after_s)
                 status = error.status
                 raise error from None
-            if _is_error(result):
-                status = result.error.code
-                return JSONResponse(result.model_dump(), status_code=status)
-            status = 200
-            data = result.model_dump()
-            cost = self._account(call, result.usage)
-            headers = {}
-            if cost is not None:
-                data["usage"]["cost"] = cost
-                headers = cost_headers(Cost.model_validate(cost))
-            if call.reasoning:
-                _add_reasoning_content(data)
-            return JSONResponse(data, headers=headers)
+            status = result.error.code if _is_error(result) else 200
+            return result
         finally:
             metrics.IN_FLIGHT.labels(model).dec()
             metrics.LATENCY.labels(model, call.endpoint).observe(time.perf_counter() - call.started)
             metrics.REQUESTS.labels(model, call.endpoint, str(status)).inc()
+
+    async def _unary(self, handle: DeploymentHandle, call: _Call) -> Response:
+        cascade = call.decision is not None and self.router is not None and self.router.cascade
+        client_logprobs = _wants_logprobs(call.request, call.endpoint)
+        if cascade and not client_logprobs:
+            _ask_logprobs(call.request, call.endpoint)
+        result = await self._call_model(handle, call)
+        if _is_error(result):
+            return JSONResponse(result.model_dump(), status_code=result.error.code)
+        costs = [self._account(call, result.usage)]
+        escalated_to = None
+        if cascade:
+            assert call.decision is not None and self.router is not None
+            logprobs = _answer_logprobs(result, call.endpoint)
+            escalated_to = self.router.escalation(call.decision, call.model, logprobs)
+            confidence = self.router.predictor.confidence(call.model, logprobs)
+            if confidence is not None:
+                metrics.ROUTER_CONFIDENCE.labels(call.model).observe(confidence)
+            if escalated_to is not None:  # bill both calls; the larger model answers
+                metrics.ROUTER_ESCALATIONS.labels(call.model, escalated_to).inc()
+                call.model = call.request.model = escalated_to
+                result = await self._call_model(self.servers[escalated_to], call)
+                if _is_error(result):
+                    return JSONResponse(result.model_dump(), status_code=result.error.code)
+                costs.append(self._account(call, result.usage))
+        data = result.model_dump()
+        if cascade and not client_logprobs:
+            for choice in data.get("choices") or []:
+                choice["logprobs"] = None
+        headers: dict[str, str] = {}
+        known = [cost for cost in costs if cost is not None]
+        if known:
+            cost = combine_costs(known)
+            data["usage"]["cost"] = cost.model_dump()
+            headers = cost_headers(cost)
+        if call.decision is not None:
+            headers["x-frugal-route"] = call.decision.header(escalated_to)
+        if call.reasoning:
+            _add_reasoning_content(data)
+        return JSONResponse(data, headers=headers)
 
     async def _stream(self, handle: DeploymentHandle, call: _Call) -> Response:
         from vllm.entrypoints.generate.base.protocol import StreamOptions
@@ -331,8 +436,9 @@ class Gateway:
             metrics.REQUESTS.labels(model, call.endpoint, str(first.error.code)).inc()
             return JSONResponse(first.model_dump(), status_code=first.error.code)
         metrics.TTFT.labels(model).observe(time.perf_counter() - call.started)
+        headers = {"x-frugal-route": call.decision.header()} if call.decision else None
         return StreamingResponse(
-            self._relay(chunks, first, call), media_type="text/event-stream"
+            self._relay(chunks, first, call), media_type="text/event-stream", headers=headers
         )
 
     async def _relay(self, chunks: Any, first: str, call: _Call) -> AsyncIterator[str]:
@@ -345,7 +451,7 @@ class Gateway:
                     cost = self._account(call, data.get("usage"))
                     if not call.client_wants_usage:
                         continue
-                    data["usage"]["cost"] = cost
+                    data["usage"]["cost"] = cost.model_dump() if cost else None
                     chunk = f"data: {json.dumps(data)}\n\n"
                 elif call.reasoning and '"reasoning"' in chunk:
                     data = json.loads(chunk.removeprefix("data: "))

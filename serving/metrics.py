@@ -131,3 +131,26 @@ LATE_FIXED_PROMPTS = Counter(
     "cannot reuse it: put the fixed part first).",
     ["api_key"],
 )
+
+
+ROUTER_DECISIONS = Counter(
+    "frugal_router_decisions", "model='auto' requests by the model chosen.", ["model"]
+)
+ROUTER_ESCALATIONS = Counter(
+    "frugal_router_escalations",
+    "Cascade retries on a larger model after a low-confidence answer.",
+    ["from_model", "to_model"],
+)
+QUALITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+ROUTER_PREDICTED = Histogram(
+    "frugal_router_predicted_quality",
+    "Predicted success of the chosen model at routing time.",
+    ["model"],
+    buckets=QUALITY_BUCKETS,
+)
+ROUTER_CONFIDENCE = Histogram(
+    "frugal_router_observed_confidence",
+    "Success estimated from the answer's token log-probabilities (observed quality).",
+    ["model"],
+    buckets=QUALITY_BUCKETS,
+)

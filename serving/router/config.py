@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class RouterConfig(BaseModel):
@@ -21,3 +23,22 @@ class RouterConfig(BaseModel):
         None, description="Trained predictor from `frugal router train` (relative to the YAML)."
     )
     cascade: bool = Field(True, description="Escalate low-confidence answers to a larger model.")
+    escalate_below: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Escalate when the answer's confidence (P(correct | its token logprobs)) "
+        "is below this; default: the request's quality target.",
+    )
+    min_quality_by_key: dict[str, float] = Field(
+        default_factory=dict,
+        description="Default quality target per API key (a request's frugal.min_quality wins).",
+    )
+
+    @field_validator("min_quality_by_key")
+    @classmethod
+    def _targets_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, target in value.items():
+            if not math.isfinite(target) or not 0 < target <= 1:
+                raise ValueError(f"target for key {key[:4]}... must be in (0, 1], got {target}")
+        return value

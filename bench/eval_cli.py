@@ -1,0 +1,280 @@
+"""`frugal bench eval` (the scorecard) and `frugal bench route` (routing policies).
+
+Heavy imports (numpy, matplotlib, httpx) happen inside the commands so `frugal --help`
+stays instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+DEFAULT_CONFIG = Path("deployments/local.yaml")
+
+
+def _load(config_path: Path) -> Any:
+    from serving.config import ConfigError, load_config
+
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        console.print(f"[red]{exc.render()}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _base_url(config: Any, base_url: str | None) -> str:
+    if base_url:
+        return base_url.rstrip("/")
+    return f"http://{config.http_options.host}:{config.http_options.port}/v1"
+
+
+def _progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+async def _score_all(
+    base_url: str, models: list[str], items: list[Any], concurrency: int, think: bool,
+    throughput: bool,
+) -> dict[str, Any]:
+    from bench.eval import evaluate_model
+
+    scores = {}
+    with _progress() as progress:
+        for model in models:
+            task = progress.add_task(model, total=len(items))
+            scores[model] = await evaluate_model(
+                base_url,
+                model,
+                items,
+                concurrency=concurrency,
+                think=think,
+                throughput=throughput,
+                progress=lambda n, task=task: progress.advance(task, n),
+            )
+            score = scores[model]
+            progress.update(task, description=f"{model}: accuracy {score.accuracy:.3f}")
+    return scores
+
+
+def eval_command(
+    config_path: Path = typer.Argument(DEFAULT_CONFIG, help="Deployments YAML."),
+    base_url: str | None = typer.Option(None, help="Endpoint (default: the YAML's http_options)."),
+    suite: Path | None = typer.Option(
+        None, help="JSONL of {messages, expected} or {messages, checker} (default: demo suite)."
+    ),
+    per_cell: int = typer.Option(40, help="Demo items per family x difficulty."),
+    seed: int | None = typer.Option(None, help="Demo suite seed (default: EVAL_SEED)."),
+    models: str | None = typer.Option(None, help="Comma-separated subset of the YAML's models."),
+    concurrency: int = typer.Option(16, help="Requests in flight per model."),
+    think: bool = typer.Option(False, help="Evaluate with reasoning_effort=high."),
+    out: Path | None = typer.Option(
+        None, help="Scorecard JSON (default: the YAML's router.scorecard, else scorecards/)."
+    ),
+    plots: Path | None = typer.Option(None, help="Folder for PNGs (default: beside --out)."),
+    train_router: bool = typer.Option(
+        True, help="Retrain the router predictor named in the YAML from the new scorecard."
+    ),
+) -> None:
+    """Score every model of the YAML through the running endpoint; write the scorecard."""
+    from bench.eval import build_scorecard, load_user_items
+    from bench.plots import plot_scorecard
+    from serving.zoo.tasks import EVAL_SEED, mixed_suite
+
+    config = _load(config_path)
+    if suite is not None:
+        items = load_user_items(suite)
+        suite_name, seed = suite.name, None
+    else:
+        seed = EVAL_SEED if seed is None else seed
+        items = mixed_suite(per_cell, seed)
+        suite_name = f"demo mixed_suite(n_per_cell={per_cell}, seed={seed})"
+    chosen = models.split(",") if models else [m.model_id for m in config.models]
+    unknown = [m for m in chosen if m not in {c.model_id for c in config.models}]
+    if unknown:
+        console.print(f"[red]not in {config_path}: {', '.join(unknown)}[/red]")
+        raise typer.Exit(2)
+    url = _base_url(config, base_url)
+    console.print(f"scoring {len(chosen)} models on {len(items)} items via {url}")
+    scores = asyncio.run(_score_all(url, chosen, items, concurrency, think, True))
+    scorecard = build_scorecard(config, scores, items, suite=suite_name, seed=seed)
+    out = out or Path(config.router.scorecard or "scorecards/scorecard.json")
+    scorecard.save(out)
+    pngs = plot_scorecard(scorecard, plots or out.parent)
+    _print_scorecard(scorecard)
+    console.print(f"wrote {out} and {', '.join(str(p) for p in pngs)}")
+    if train_router and config.router.predictor:
+        from serving.router.predictor import train_predictor
+
+        predictor = train_predictor(scorecard)
+        predictor.save(config.router.predictor)
+        console.print(f"retrained the router predictor: {config.router.predictor}")
+
+
+def _print_scorecard(scorecard: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"scorecard: {scorecard.suite}")
+    for column in ("model", "accuracy", "in $/1M", "out $/1M", "TTFT p50/p95 ms",
+                   "ITL p50/p95 ms", "prefill/decode tok/s"):
+        table.add_column(column)
+    for model, card in scorecard.models.items():
+        s = card.score
+
+        def ms(p: Any) -> str:
+            return "-" if p.p50 is None else f"{p.p50 * 1e3:.0f}/{p.p95 * 1e3:.0f}"
+
+        tput = s.throughput
+        table.add_row(
+            model,
+            f"{s.accuracy:.3f}",
+            f"{card.price.input_per_million:.4f}",
+            f"{card.price.output_per_million:.4f}",
+            ms(s.ttft_s),
+            ms(s.itl_s),
+            "-" if tput is None else
+            f"{tput.prefill_tokens_per_s:.0f}/{tput.decode_tokens_per_s:.0f}",
+        )
+    console.print(table)
+
+
+async def _auto_over_http(
+    base_url: str, items: list[Any], min_quality: float | None, concurrency: int
+) -> list[dict[str, Any]]:
+    """`model="auto"` through the gateway: answering model, billed $ and correctness."""
+    import httpx
+
+    from serving.router.scorecard import grade
+
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
+
+        async def one(item: Any) -> dict[str, Any]:
+            body: dict[str, Any] = {"model": "auto", "messages": item.messages,
+                                    "temperature": 0, "max_tokens": 64}
+            if min_quality is not None:
+                body["frugal"] = {"min_quality": min_quality}
+            async with gate:
+                response = await client.post("/chat/completions", json=body)
+            response.raise_for_status()
+            data = response.json()
+            text = data["choices"][0]["message"].get("content") or ""
+            return {
+                "model": data["model"],
+                "cost_usd": ((data.get("usage") or {}).get("cost") or {}).get("total_usd", 0.0),
+                "correct": grade(item, text),
+                "route": response.headers.get("x-frugal-route", ""),
+            }
+
+        return await asyncio.gather(*(one(item) for item in items))
+
+
+def route_command(
+    config_path: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Deployments YAML."),
+    seed: int = typer.Option(1_000_000_123, help="Workload seed (an eval seed not trained on)."),
+    out: Path = typer.Option(Path("docs/bench/route.json"), help="Report JSON."),
+    base_url: str | None = typer.Option(None, help="Endpoint (default: the YAML's http_options)."),
+    per_cell: int = typer.Option(30, help="Items per family x difficulty."),
+    min_quality: float | None = typer.Option(None, help="Quality target (default: the YAML's)."),
+    scorecard: Path | None = typer.Option(None, help="Override the YAML's router.scorecard."),
+    predictor: Path | None = typer.Option(None, help="Override the YAML's router.predictor."),
+    concurrency: int = typer.Option(16, help="Requests in flight per model."),
+    via_http: bool = typer.Option(
+        False, help="Also send model='auto' through the gateway (needs the router wired)."
+    ),
+) -> None:
+    """auto vs always-largest, always-smallest, random and the oracle on a held-out workload."""
+    import random
+
+    from bench.plots import plot_route
+    from bench.route_bench import (
+        PolicyResult,
+        RouteReport,
+        apply_policies,
+        check_held_out,
+        markdown_table,
+        ratios,
+    )
+    from serving.router.predictor import scorecard_id
+    from serving.router.runtime import Router, validate_min_quality
+    from serving.router.scorecard import Scorecard
+    from serving.zoo.tasks import EVAL_SEED_MIN, mixed_suite
+
+    config = _load(config_path)
+    if scorecard is not None:
+        config.router.scorecard = str(scorecard.resolve())
+    if predictor is not None:
+        config.router.predictor = str(predictor.resolve())
+    config.router.enabled = True
+    router = Router.load(config)
+    if router is None:
+        console.print("[red]no router: set router.scorecard (run `frugal bench eval`)[/red]")
+        raise typer.Exit(2)
+    card = Scorecard.load(config.router.scorecard)
+    try:
+        check_held_out(card, seed)
+        target = validate_min_quality(min_quality) if min_quality is not None else None
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if seed < EVAL_SEED_MIN:
+        console.print(f"[yellow]seed {seed} is a training seed of the zoo models[/yellow]")
+    items = mixed_suite(per_cell, seed)
+    random.Random(seed).shuffle(items)  # a mixed workload, not blocks of one family
+    url = _base_url(config, base_url)
+    scores = asyncio.run(_score_all(url, router.candidates, items, concurrency, False, False))
+    results = {m: s.result_map() for m, s in scores.items()}
+    policies = apply_policies(router, items, results, router.prices, min_quality=target, seed=seed)
+    measured = (
+        "offline: every candidate answered every item via the endpoint (greedy); policies "
+        "applied to those per-item results, Router.choose/escalation per item for auto"
+    )
+    if via_http:
+        rows = asyncio.run(_auto_over_http(url, items, target, concurrency))
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["model"]] = counts.get(row["model"], 0) + 1
+        policies["auto-http"] = PolicyResult(
+            cost_usd=sum(r["cost_usd"] for r in rows),
+            accuracy=sum(r["correct"] for r in rows) / len(rows),
+            share={m: counts.get(m, 0) / len(rows) for m in router.candidates},
+            escalations=sum("escalated" in r["route"] for r in rows),
+            requests=len(rows),
+        )
+        measured += "; auto-http: model='auto' through the gateway, cost from usage.cost"
+    values, met = ratios(policies)
+    report = RouteReport(
+        seed=seed,
+        items=len(items),
+        min_quality=target if target is not None else router.default_min_quality,
+        scorecard=scorecard_id(card),
+        candidates=router.candidates,
+        prices={m: p.model_dump() for m, p in router.prices.items() if m in router.candidates},
+        measured=measured,
+        policies=policies,
+        ratios=values,
+        targets_met=met,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.model_dump_json(indent=1) + "\n")
+    table = markdown_table(policies)
+    out.with_suffix(".md").write_text(table + "\n")
+    plot_route({k: v.model_dump() for k, v in policies.items()}, out.with_suffix(".png"),
+               f"routing policies, {len(items)} held-out items (seed {seed})")
+    console.print(table)
+    console.print(json.dumps({"ratios": values, "targets_met": met}, indent=1))
+    console.print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")

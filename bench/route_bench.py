@@ -1,0 +1,198 @@
+"""`frugal bench route`: routing policies side by side on one held-out workload.
+
+Every candidate model answers every item once (through the endpoint, greedy), then each
+policy is applied to those real per-item results:
+
+- `largest` / `smallest`: always the most / least expensive model;
+- `random`: a uniformly random model per item (seeded);
+- `oracle`: the cheapest model that answered the item correctly, known after the fact
+  (the cheapest model when none did): the floor no router can beat;
+- `auto`: `Router.choose` per item and that model's real answer; when the cascade fires
+  (`Router.escalation` on the answer's logprobs) the larger model's real answer is used
+  and both calls are billed;
+- `auto-no-cascade`: `auto` without escalation, to show what the cascade adds.
+
+Greedy decoding makes a model's answer to an item the same whether it was asked directly
+or by `auto`, so applying policies offline is exact for these results. `--via-http` sends
+`model="auto"` through the gateway instead (once the gateway routes it).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel
+
+from serving.router.runtime import Router
+from serving.router.scorecard import ItemResult, Scorecard
+from serving.zoo.tasks import TaskItem
+
+
+class PolicyResult(BaseModel):
+    cost_usd: float
+    accuracy: float
+    share: dict[str, float]
+    escalations: int = 0
+    requests: int
+
+
+class Outcome(BaseModel):
+    """One item under one policy: who answered, what it cost, whether it was right."""
+
+    answered_by: str
+    cost_usd: float
+    correct: bool
+    escalated: bool = False
+
+
+def item_cost(prices: dict[str, Any], model: str, result: ItemResult) -> float:
+    price = prices[model]
+    return (
+        result.prompt_tokens * price.input_per_million
+        + result.completion_tokens * price.output_per_million
+    ) * 1e-6
+
+
+def _single(model: str, prices: dict[str, Any], result: ItemResult) -> Outcome:
+    return Outcome(
+        answered_by=model, cost_usd=item_cost(prices, model, result), correct=result.correct
+    )
+
+
+def auto_outcome(
+    router: Router,
+    item: TaskItem,
+    results: dict[str, dict[str, ItemResult]],
+    prices: dict[str, Any],
+    min_quality: float | None,
+    cascade: bool = True,
+) -> Outcome:
+    """What `model="auto"` does with this item (at most one escalation, as the gateway)."""
+    decision = router.choose(item.messages, min_quality)
+    first = results[decision.model][item.id]
+    outcome = _single(decision.model, prices, first)
+    if not cascade:
+        return outcome
+    larger = router.escalation(decision, decision.model, first.logprobs)
+    if larger is None:
+        return outcome
+    second = results[larger][item.id]
+    return Outcome(
+        answered_by=larger,
+        cost_usd=outcome.cost_usd + item_cost(prices, larger, second),
+        correct=second.correct,
+        escalated=True,
+    )
+
+
+def oracle_outcome(
+    candidates: list[str], item: TaskItem, results: dict[str, dict[str, ItemResult]],
+    prices: dict[str, Any],
+) -> Outcome:
+    outcomes = [_single(m, prices, results[m][item.id]) for m in candidates]
+    right = [o for o in outcomes if o.correct]
+    if right:
+        return min(right, key=lambda o: o.cost_usd)
+    return min(outcomes, key=lambda o: o.cost_usd)
+
+
+def summarise(outcomes: list[Outcome], candidates: list[str]) -> PolicyResult:
+    counts = Counter(o.answered_by for o in outcomes)
+    n = max(1, len(outcomes))
+    return PolicyResult(
+        cost_usd=sum(o.cost_usd for o in outcomes),
+        accuracy=sum(o.correct for o in outcomes) / n,
+        share={m: counts.get(m, 0) / n for m in candidates},
+        escalations=sum(o.escalated for o in outcomes),
+        requests=len(outcomes),
+    )
+
+
+def apply_policies(
+    router: Router,
+    items: list[TaskItem],
+    results: dict[str, dict[str, ItemResult]],
+    prices: dict[str, Any],
+    *,
+    min_quality: float | None = None,
+    seed: int = 0,
+) -> dict[str, PolicyResult]:
+    """Every policy over the same per-item results of every candidate model."""
+    candidates = router.candidates
+    rng = random.Random(seed)
+    per_policy: dict[str, list[Outcome]] = {
+        "auto": [], "auto-no-cascade": [], "largest": [], "smallest": [], "random": [],
+        "oracle": [],
+    }
+    for item in items:
+        per_policy["auto"].append(auto_outcome(router, item, results, prices, min_quality))
+        per_policy["auto-no-cascade"].append(
+            auto_outcome(router, item, results, prices, min_quality, cascade=False)
+        )
+        per_policy["largest"].append(
+            _single(candidates[-1], prices, results[candidates[-1]][item.id])
+        )
+        per_policy["smallest"].append(
+            _single(candidates[0], prices, results[candidates[0]][item.id])
+        )
+        pick = rng.choice(candidates)
+        per_policy["random"].append(_single(pick, prices, results[pick][item.id]))
+        per_policy["oracle"].append(oracle_outcome(candidates, item, results, prices))
+    return {name: summarise(outs, candidates) for name, outs in per_policy.items()}
+
+
+class RouteReport(BaseModel):
+    """What `frugal bench route --out` writes."""
+
+    seed: int
+    items: int
+    min_quality: float
+    scorecard: str
+    candidates: list[str]
+    prices: dict[str, dict[str, float]]
+    measured: str
+    policies: dict[str, PolicyResult]
+    ratios: dict[str, float]
+    targets_met: dict[str, bool]
+
+
+def ratios(policies: dict[str, PolicyResult]) -> tuple[dict[str, float], dict[str, bool]]:
+    """The issue's targets: auto <= 0.3x largest's cost at >= 97% of its accuracy, and
+    within 1.3x of the oracle's cost."""
+    auto, largest, oracle = policies["auto"], policies["largest"], policies["oracle"]
+    values = {
+        "auto_cost_over_largest": auto.cost_usd / largest.cost_usd if largest.cost_usd else 0.0,
+        "auto_accuracy_over_largest": (
+            auto.accuracy / largest.accuracy if largest.accuracy else 0.0
+        ),
+        "auto_cost_over_oracle": auto.cost_usd / oracle.cost_usd if oracle.cost_usd else 0.0,
+    }
+    met = {
+        "cost_le_0.3x_largest": values["auto_cost_over_largest"] <= 0.3,
+        "accuracy_ge_97pct_largest": values["auto_accuracy_over_largest"] >= 0.97,
+        "cost_le_1.3x_oracle": values["auto_cost_over_oracle"] <= 1.3,
+    }
+    return values, met
+
+
+def markdown_table(policies: dict[str, PolicyResult]) -> str:
+    models = list(next(iter(policies.values())).share)
+    head = ["policy", "cost $", "accuracy", *[f"share {m}" for m in models], "escalations"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in policies.items():
+        cells = [name, f"{row.cost_usd:.3e}", f"{row.accuracy:.3f}"]
+        cells += [f"{row.share[m]:.2f}" for m in models]
+        cells.append(str(row.escalations))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def check_held_out(scorecard: Scorecard, seed: int) -> None:
+    """The benchmark seed must not be the one the predictor was trained on."""
+    if scorecard.seed is not None and scorecard.seed == seed:
+        raise ValueError(
+            f"seed {seed} is the router's training seed (scorecard {scorecard.suite}); "
+            "pick another for a held-out benchmark"
+        )

