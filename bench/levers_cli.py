@@ -74,8 +74,8 @@ def levers(
     skip_cache: bool = typer.Option(False, help="Skip the 4-engine prompt-cache run."),
 ) -> None:
     """Reasoning budgets, structured output and prompt caching, measured side by side."""
-    from bench.launch import running_frugal
     from bench.levers import bench_cache, bench_reasoning, bench_structured
+    from bench.servers import frugal_server
     from serving.zoo.paths import default_zoo_dir
 
     zoo = zoo_dir or default_zoo_dir()
@@ -83,7 +83,8 @@ def levers(
     out.mkdir(parents=True, exist_ok=True)
     report = ["# Request levers, measured", "",
               f"Command: `frugal bench levers --per-family {per_family}`", ""]
-    with running_frugal(request_levers_config, zoo) as base_url:
+    with frugal_server(request_levers_config(zoo, 0)) as server:
+        base_url = server.url
         console.print("reasoning budgets...")
         effort = asyncio.run(bench_reasoning(base_url, "bench", per_family))
         console.print("structured output...")
@@ -98,7 +99,8 @@ def levers(
     (out / "structured.json").write_text(
         "[" + ",".join(row.model_dump_json() for row in structured) + "]\n")
     if not skip_cache:
-        with running_frugal(cache_config, zoo) as base_url:
+        with frugal_server(cache_config(zoo, 0)) as server:
+            base_url = server.url
             console.print("prompt caching...")
             cache = asyncio.run(bench_cache(base_url, "affinity", "default"))
         (out / "cache.json").write_text(cache.model_dump_json(indent=2) + "\n")
