@@ -54,6 +54,12 @@ def _config(port: int) -> dict:
 def auto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not (ROUTER_DIR / "scorecard.json").exists():
         pytest.skip("router/scorecard.json missing: run `frugal bench eval` (docs/router.md)")
+    from serving.zoo.paths import default_zoo_dir
+
+    zoo = default_zoo_dir()
+    untrained = [n for n in ("zoo-m", "zoo-l") if not (zoo / n / "config.json").exists()]
+    if untrained:
+        pytest.skip(f"{', '.join(untrained)} not trained yet: `frugal zoo build` (docs/zoo.md)")
     workdir = tmp_path_factory.mktemp("auto")
     path = workdir / "frugal.yaml"
     path.write_text(yaml.safe_dump(_config(free_port())))
