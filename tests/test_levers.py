@@ -120,9 +120,14 @@ def test_json_schema_is_enforced(client: openai.OpenAI) -> None:
 
 def test_json_object_and_regex(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Give me JSON."}], max_tokens=40,
+        model=MODEL, messages=[{"role": "user", "content": "Give me JSON."}], max_tokens=120,
         response_format={"type": "json_object"})
-    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    choice = reply.choices[0]
+    # json_object bounds no field, so a small model may still be inside a string when
+    # max_tokens ends it; every answer that ends by itself is a JSON object.
+    assert choice.message.content.startswith("{")
+    if choice.finish_reason == "stop":
+        assert isinstance(json.loads(choice.message.content), dict)
     reply = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "A code?"}], max_tokens=10,
         extra_body={"structured_outputs": {"regex": "[A-Z]{2}-[0-9]{3}"}})
