@@ -164,3 +164,39 @@ def test_tokenizer_think_tokens_and_chat_template() -> None:
     ids = tok.encode(text, add_special_tokens=False)
     assert ids == encode(text)
     assert tok.decode(ids) == text
+
+
+def test_json_request_asks_for_fields_and_expects_indented_json() -> None:
+    item = generate_items("arithmetic", 2, 1, seed=3)[0]
+    request = tasks.as_json_request(item)
+    assert request.messages[-1]["content"].endswith(tasks.JSON_INSTRUCTION)
+    assert item.messages[-1]["content"] + tasks.JSON_INSTRUCTION == request.messages[-1]["content"]
+    assert "\n  " in request.expected  # what a model writes unguided: indented
+    assert tasks.json_fields(request.expected) == {"task": "arithmetic", "answer": item.expected}
+    compact = json.dumps(tasks.json_fields(request.expected), separators=(",", ":"))
+    assert tasks.json_fields(compact) == tasks.json_fields(request.expected)
+    assert len(compact) < len(request.expected)
+    for bad in ("", "answer: 12", "[1, 2]", '{"task": "arithmetic"'):
+        assert tasks.json_fields(bad) is None or not isinstance(tasks.json_fields(bad), dict)
+
+
+def test_training_keeps_multi_digit_sums_off_the_direct_path() -> None:
+    """Sums above `direct_max_difficulty` are trained only with the scratchpad; other
+    cells get all three modes. A share of the examples asks for JSON."""
+    import random
+
+    from serving.zoo.tokenizer import VOCAB
+    from serving.zoo.train import IGNORE, TrainConfig, choose_mode, sample_batch
+
+    cfg = TrainConfig(shape="tiny", steps=1, batch_size=256, lr=1e-3, p_json=0.2)
+    rng = random.Random(0)
+    modes = {
+        (f, d): {choose_mode(cfg, f, d, rng) for _ in range(200)}
+        for f, d in [("arithmetic", 2), ("arithmetic", 3), ("reverse", 6)]
+    }
+    assert modes[("arithmetic", 2)] == modes[("reverse", 6)] == {"direct", "think", "cut"}
+    assert modes[("arithmetic", 3)] == {"think", "cut"}
+    batch = sample_batch(cfg, 0)
+    texts = ["".join(VOCAB[t] for t in ids) for ids, _ in batch]
+    assert any(tasks.JSON_INSTRUCTION.strip() in t for t in texts)
+    assert all(any(label != IGNORE for label in labels) for _, labels in batch)

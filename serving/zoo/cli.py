@@ -27,6 +27,9 @@ def build(
     zoo_dir: Path | None = ZooDir,
     force: bool = typer.Option(False, "--force", help="Rebuild even when the cache is valid."),
     only: list[str] | None = typer.Option(None, "--only", help="Build only this model."),
+    monitor_every: int = typer.Option(
+        0, "--monitor-every", help="Print held-out accuracy every N steps (recipe tuning)."
+    ),
 ) -> None:
     """Train the zoo models that are missing or stale (deterministic, cached)."""
     from rich.console import Console
@@ -36,7 +39,7 @@ def build(
     target = zoo_dir or default_zoo_dir()
     start = time.monotonic()
     try:
-        result = build_zoo(target, force=force, only=only or None)
+        result = build_zoo(target, force=force, only=only or None, monitor_every=monitor_every)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--only") from exc
     console = Console()

@@ -160,6 +160,42 @@ def mixed_suite(n_per_cell: int, seed: int, system_prompt: bool = False) -> list
     ]
 
 
+# Structured answers. Asked for JSON in the prompt alone, a chat model pretty-prints it (a
+# newline and indent before every field); the zoo is trained on that same habit, so the
+# structured-output lever (guided decoding with no optional whitespace) has the real
+# saving to measure, not a hypothetical one.
+JSON_INSTRUCTION = " Reply in JSON with the fields task and answer."
+JSON_SCHEMA: dict = {
+    "type": "object",
+    "properties": {
+        "task": {"type": "string", "enum": list(FAMILIES)},
+        "answer": {"type": "string", "maxLength": 24},
+    },
+    "required": ["task", "answer"],
+    "additionalProperties": False,
+}
+
+
+def as_json_request(item: TaskItem) -> TaskItem:
+    """The same task, asking for a JSON object {task, answer}; `expected` is the JSON text
+    a model writes unguided (indented). Compare parsed objects with `json_fields`."""
+    messages = [dict(m) for m in item.messages]
+    messages[-1]["content"] += JSON_INSTRUCTION
+    expected = json.dumps({"task": item.family, "answer": item.expected}, indent=2)
+    return item.model_copy(
+        update={"id": item.id + "-json", "messages": messages, "expected": expected}
+    )
+
+
+def json_fields(text: str) -> dict | None:
+    """The object in a JSON answer, or None when the text is not one JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def final_answer(text: str) -> str | None:
     """The answer part of a model's output: after the last `</think>`, stripped.
 
