@@ -20,7 +20,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from serving.zoo.tasks import DIFFICULTIES, FAMILIES, check_answer, generate_items
+from serving.zoo.tasks import (
+    DIFFICULTIES,
+    FAMILIES,
+    JSON_SCHEMA,
+    as_json_request,
+    check_answer,
+    generate_items,
+    json_fields,
+)
 
 BENCH_SEED = 1_000_000_901  # an evaluation seed: never used in training
 
@@ -102,30 +110,26 @@ async def bench_reasoning(
     return rows
 
 
-ANSWER_SCHEMA = {
-    "type": "object",
-    "properties": {"answer": {"type": "string", "maxLength": 24}},
-    "required": ["answer"],
-    "additionalProperties": False,
-}
-
-
 async def bench_structured(
     base_url: str, model: str, compact_model: str, spaced_model: str | None,
     per_family: int = 20, concurrency: int = 16,
 ) -> list[StructuredRow]:
-    """Free text vs schema-guided answers on easy demo items (answers are one field).
+    """Prompt-only JSON vs schema-guided JSON on easy demo items asking for {task, answer}.
 
-    `compact_model` is served with frugal's default (no optional JSON whitespace);
-    `spaced_model`, if given, is the same weights with vLLM's default grammar.
+    "free text" is what a model writes when only the prompt asks for JSON (the zoo, like
+    chat models, indents it); `compact_model` is served with frugal's default (no
+    optional JSON whitespace); `spaced_model`, if given, is the same weights with vLLM's
+    default grammar. Valid = one JSON object with exactly the schema's fields.
     """
     client = _client(base_url)
     items = []
     for family in FAMILIES:
-        items += generate_items(family, DIFFICULTIES[family][0], per_family, seed=BENCH_SEED + 1)
+        easy = generate_items(family, DIFFICULTIES[family][0], per_family, seed=BENCH_SEED + 1)
+        items += [as_json_request(item) for item in easy]
     schema_format = {"type": "json_schema",
-                     "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA, "strict": True}}
-    modes = [("free text", model, None), ("json_schema, compact", compact_model, schema_format)]
+                     "json_schema": {"name": "answer", "schema": JSON_SCHEMA, "strict": True}}
+    modes = [("free text (JSON asked in the prompt)", model, None),
+             ("json_schema, compact", compact_model, schema_format)]
     if spaced_model:
         modes.append(("json_schema, whitespace allowed", spaced_model, schema_format))
     rows = []
@@ -134,15 +138,10 @@ async def bench_structured(
         async def one(item: Any, served: str = served, fmt: Any = response_format) -> Any:
             extra = {"response_format": fmt} if fmt else {}
             reply = await client.chat.completions.create(
-                model=served, messages=item.messages, max_tokens=64, temperature=0, **extra)
-            text = reply.choices[0].message.content or ""
-            try:
-                parsed = json.loads(text)
-                valid = isinstance(parsed, dict) and set(parsed) == {"answer"}
-                answer = str(parsed.get("answer", "")) if isinstance(parsed, dict) else ""
-            except json.JSONDecodeError:
-                valid, answer = False, text
-            return valid, check_answer(item, answer), reply.usage.completion_tokens
+                model=served, messages=item.messages, max_tokens=96, temperature=0, **extra)
+            fields = json_fields(reply.choices[0].message.content or "")
+            valid = fields is not None and set(fields) == {"task", "answer"}
+            return valid, fields == json.loads(item.expected), reply.usage.completion_tokens
 
         results = await _bounded([one(item) for item in items], concurrency)
         rows.append(StructuredRow(

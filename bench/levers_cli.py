@@ -30,16 +30,28 @@ def largest_zoo_model(zoo: Path) -> str:
     return next(n for n in ("zoo-l", "zoo-m", "zoo-s") if (zoo / n / "config.json").exists())
 
 
+def shipped_lever_settings(name: str) -> dict[str, Any]:
+    """The `frugal:` section `deployments/local.yaml` gives this zoo model (its reasoning
+    budgets), so the benchmark measures the budgets users get."""
+    import yaml
+
+    local = Path(__file__).resolve().parent.parent / "deployments" / "local.yaml"
+    for entry in yaml.safe_load(local.read_text())["models"]:
+        if entry["model_loading_config"]["model_id"] == name:
+            return entry.get("frugal", {})
+    return {}
+
+
 def request_levers_config(zoo: Path, port: int) -> dict[str, Any]:
-    """The largest zoo model with reasoning, and the same weights with vLLM's default
-    JSON grammar (whitespace allowed)."""
+    """The largest zoo model with reasoning (the shipped budgets), and the same weights
+    with vLLM's default JSON grammar (whitespace allowed)."""
     name = largest_zoo_model(zoo)
     reasoning = {"reasoning_parser": "qwen3"}
     spaced = {"structured_outputs_config": {"backend": "xgrammar"}}
     return {
         "http_options": {"host": "127.0.0.1", "port": port},
         "models": [
-            _model("bench", zoo / name, engine=reasoning),
+            _model("bench", zoo / name, engine=reasoning, frugal=shipped_lever_settings(name)),
             _model("bench-spaced", zoo / name, engine=spaced),
         ],
     }
