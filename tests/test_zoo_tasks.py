@@ -68,7 +68,9 @@ def test_reverse_and_recall_answers() -> None:
         assert item.expected == word[::-1]
     for item in generate_items("recall", 8, 20, seed=1):
         content = item.messages[-1]["content"]
-        records = dict(line.split("=") for line in content.splitlines() if "=" in line)
+        # Records are "v K" lines: a one-letter code, then the key it belongs to.
+        pairs = [line.split() for line in content.splitlines()]
+        records = {p[1]: p[0] for p in pairs if len(p) == 2 and p[0].islower() and p[1].isupper()}
         assert len(records) == 8
         question = content.splitlines()[-1].rstrip("?.").split()
         asked = [k for k in records if k in question]

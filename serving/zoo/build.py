@@ -30,7 +30,7 @@ MANIFEST_VERSION = 1
 SPECS: dict[str, TrainConfig] = {
     "zoo-s": TrainConfig(
         shape="zoo-s",
-        steps=4000,
+        steps=3500,
         batch_size=64,
         lr=3e-3,
         seed=1,
@@ -39,7 +39,7 @@ SPECS: dict[str, TrainConfig] = {
     ),
     "zoo-m": TrainConfig(
         shape="zoo-m",
-        steps=4000,
+        steps=3500,
         batch_size=64,
         lr=2.5e-3,
         seed=2,
@@ -48,9 +48,9 @@ SPECS: dict[str, TrainConfig] = {
     ),
     "zoo-l": TrainConfig(
         shape="zoo-l",
-        steps=4000,
+        steps=3500,
         batch_size=64,
-        lr=2e-3,
+        lr=2.5e-3,
         seed=3,
         threads=1,
         max_difficulty={"arithmetic": 3, "reverse": 6, "recall": 8},

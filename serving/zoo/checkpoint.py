@@ -39,7 +39,7 @@ SHAPES: dict[str, ModelShape] = {
     "tiny": ModelShape(hidden_size=64, num_layers=1, intermediate_size=128),
     "zoo-s": ModelShape(hidden_size=128, num_layers=2, intermediate_size=256),
     "zoo-m": ModelShape(hidden_size=192, num_layers=3, intermediate_size=512),
-    "zoo-l": ModelShape(hidden_size=256, num_layers=4, intermediate_size=768),
+    "zoo-l": ModelShape(hidden_size=256, num_layers=3, intermediate_size=768),
 }
 
 

@@ -5,8 +5,9 @@ quantization calibration and tests. Three families, each with difficulty levels:
 
 - `arithmetic`: add two numbers of `difficulty` digits each ("What is 4567 + 1234?").
 - `reverse`: reverse a lowercase word of `difficulty` letters.
-- `recall`: a list of `difficulty` key=value records, then a question about one key. The
-  long context is what makes prompt caching and compaction matter.
+- `recall`: a list of `difficulty` records (a one-letter code and the capital letter it
+  belongs to), then a question about one key. The long context is what makes prompt
+  caching and compaction matter.
 
 Items are chat messages in plain language (several phrasings per family, an optional fixed
 system prompt). The expected answer is the exact text the assistant must give after any
@@ -104,11 +105,15 @@ def _reverse(rng: random.Random, length: int) -> tuple[dict[str, str], str, str]
 
 def _recall(rng: random.Random, pairs: int) -> tuple[dict[str, str], str, str]:
     keys = rng.sample(KEY_LETTERS, pairs)
-    values = [f"{rng.randint(0, 999):03d}" for _ in keys]
+    values = [rng.choice(string.ascii_lowercase) for _ in keys]
     asked = rng.randrange(pairs)
-    records = "\n".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+    # Each record is "VALUE KEY": a one-letter code, then the capital letter it belongs to.
+    # Value-first is what two attention layers can look up (gather the value into the key's
+    # position, then match keys); with "KEY=VALUE" the zoo learned the key but mixed the
+    # digits of all records (docs/zoo.md).
+    records = "\n".join(f"{v} {k}" for k, v in zip(keys, values, strict=True))
     # Scratchpad: the matching record, restated.
-    scratch = f"{keys[asked]}={values[asked]}"
+    scratch = f"{values[asked]} {keys[asked]}"
     return {"records": records, "k": keys[asked]}, values[asked], scratch
 
 

@@ -69,6 +69,10 @@ class TrainConfig(BaseModel):
     p_think: float = 0.45
     p_cut_think: float = 0.1
     p_system: float = 0.2
+    # Relative sampling weight of each family (recall needs the most examples to learn).
+    family_weights: dict[str, float] = Field(
+        default_factory=lambda: {"arithmetic": 0.3, "reverse": 0.3, "recall": 0.4}
+    )
     # Share of examples that ask for a JSON answer (see `tasks.as_json_request`).
     p_json: float = 0.08
     # Mixed precision (bf16 matmuls, fp32 master weights): 1.75x faster per step on a CPU
@@ -136,7 +140,7 @@ def sample_batch(cfg: TrainConfig, step: int) -> list[tuple[list[int], list[int]
     rng = random.Random(f"batch/{cfg.seed}/{step}")
     batch = []
     for _ in range(cfg.batch_size):
-        family = rng.choice(FAMILIES)
+        family = rng.choices(FAMILIES, weights=[cfg.family_weights[f] for f in FAMILIES])[0]
         levels = [d for d in DIFFICULTIES[family] if d <= cfg.max_difficulty[family]]
         # Harder levels are sampled more often: they need more examples to be learned.
         difficulty = rng.choices(levels, weights=range(1, len(levels) + 1))[0]
