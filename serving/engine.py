@@ -67,6 +67,43 @@ def build_vllm_args(model: ModelConfig) -> argparse.Namespace:
     return args
 
 
+async def _coalesce(chunks: AsyncGenerator[str, None]) -> AsyncGenerator[list[str], None]:
+    """Yield lists of the chunks that are ready, never waiting to fill a batch.
+
+    Cancelling the consumer cancels the pump, which closes vLLM's generator and so
+    aborts the request, as before.
+    """
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    failure: list[BaseException] = []
+
+    async def pump() -> None:
+        try:
+            async for chunk in chunks:
+                queue.put_nowait(chunk)
+        except Exception as exc:  # surfaces in the consumer, like an uncoalesced stream
+            failure.append(exc)
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.create_task(pump())
+    try:
+        done = False
+        while not done:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            if batch[-1] is None:
+                done = True
+                batch.pop()
+            if batch:
+                yield batch  # type: ignore[misc]
+        if failure:
+            raise failure[0]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 @serve.deployment
 class ModelServer:
     """A vLLM engine plus vLLM's OpenAI serving objects for one model."""
@@ -114,12 +151,12 @@ class ModelServer:
         return await self._call(self.completion_serving.create_completion, request)
 
     async def chat_stream(self, request: Any) -> AsyncGenerator[Any, None]:
-        """Streaming chat: yields SSE strings, or a single `ErrorResponse` first."""
+        """Streaming chat: yields lists of SSE strings, or a single `ErrorResponse` first."""
         async for item in self._stream(self.chat_serving.create_chat_completion, request):
             yield item
 
     async def completion_stream(self, request: Any) -> AsyncGenerator[Any, None]:
-        """Streaming completion: yields SSE strings, or a single `ErrorResponse` first."""
+        """Streaming completion: yields lists of SSE strings, or one `ErrorResponse` first."""
         async for item in self._stream(self.completion_serving.create_completion, request):
             yield item
 
@@ -149,9 +186,12 @@ class ModelServer:
         if not isinstance(result, AsyncGenerator):
             yield result  # an ErrorResponse found before generation started
             return
-        # Cancelling this generator (client gone) closes vLLM's, which aborts the request.
-        async for chunk in result:
-            yield chunk
+        # Every item of a Ray streaming call is one object sent between processes: one per
+        # token is what made frugal slow at high concurrency (docs/serving.md). Chunks that
+        # vLLM produced while the previous batch was in flight go out together, so a batch
+        # is one token when idle (no added latency) and several under load.
+        async for batch in _coalesce(result):
+            yield batch
 
     def _raise_if_dead(self) -> None:
         if self.engine.errored:

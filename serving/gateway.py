@@ -166,7 +166,7 @@ def _is_error(result: Any) -> bool:
     return hasattr(result, "error") and not hasattr(result, "choices")
 
 
-async def _prepend(first: str, rest: Any) -> AsyncIterator[str]:
+async def _prepend(first: Any, rest: Any) -> AsyncIterator[Any]:
     yield first
     async for item in rest:
         yield item
@@ -441,23 +441,30 @@ class Gateway:
             self._relay(chunks, first, call), media_type="text/event-stream", headers=headers
         )
 
-    async def _relay(self, chunks: Any, first: str, call: _Call) -> AsyncIterator[str]:
-        """Pass SSE chunks through; account the usage-only chunk (and add its cost)."""
+    def _rewrite(self, chunk: str, call: _Call) -> str | None:
+        """One SSE chunk as the client gets it: the usage-only chunk is accounted (and
+        dropped unless asked for), reasoning is mirrored as `reasoning_content`."""
+        if '"choices":[]' in chunk and '"usage"' in chunk:
+            data = json.loads(chunk.removeprefix("data: "))
+            cost = self._account(call, data.get("usage"))
+            if not call.client_wants_usage:
+                return None
+            data["usage"]["cost"] = cost.model_dump() if cost else None
+            return f"data: {json.dumps(data)}\n\n"
+        if call.reasoning and '"reasoning"' in chunk:
+            data = json.loads(chunk.removeprefix("data: "))
+            _add_reasoning_content(data)
+            return f"data: {json.dumps(data)}\n\n"
+        return chunk
+
+    async def _relay(self, chunks: Any, first: list[str], call: _Call) -> AsyncIterator[str]:
+        """Pass SSE chunks through, one body write per batch the model server sent."""
         model, status, finished = call.model, "200", False
         try:
-            async for chunk in _prepend(first, chunks):
-                if '"choices":[]' in chunk and '"usage"' in chunk:
-                    data = json.loads(chunk.removeprefix("data: "))
-                    cost = self._account(call, data.get("usage"))
-                    if not call.client_wants_usage:
-                        continue
-                    data["usage"]["cost"] = cost.model_dump() if cost else None
-                    chunk = f"data: {json.dumps(data)}\n\n"
-                elif call.reasoning and '"reasoning"' in chunk:
-                    data = json.loads(chunk.removeprefix("data: "))
-                    _add_reasoning_content(data)
-                    chunk = f"data: {json.dumps(data)}\n\n"
-                yield chunk
+            async for batch in _prepend(first, chunks):
+                out = [c for c in (self._rewrite(chunk, call) for chunk in batch) if c]
+                if out:
+                    yield "".join(out)
             finished = True
         except Exception as exc:  # the engine failed mid-stream: tell the client in-band
             error = _map_handle_error(exc, model, self.retry_after_s)

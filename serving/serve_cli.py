@@ -18,6 +18,47 @@ console = Console(stderr=True)
 #: or the engines' reservations leave the gateway unschedulable (RUNTIME.md).
 MIN_LOCAL_LOGICAL_CPUS = 8
 
+#: Ray Serve's throughput-optimized mode for a local Ray: the gateway replica serves HTTP
+#: itself (no proxy actor between client and gateway), deployments talk gRPC, user code
+#: runs on the replica's main loop. Measured on 2 cores at 64 concurrent streams: 0.51x
+#: -> 0.94x raw vLLM throughput; the proxy alone used 0.23 cores (docs/serving.md).
+#: Set before Ray starts so every actor inherits it; an operator's own value wins.
+THROUGHPUT_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port. Checked up front because with direct
+    ingress a busy port does not fail: the gateway quietly takes the next free one and
+    clients (and the readiness wait) would be knocking on the wrong door."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _fast_ingress(port: int) -> int:
+    """Direct ingress on `port` (the gateway replica binds it); returns a spare port for
+    Ray's proxy, which Ray 2.60 still starts beside it. `port` itself when the operator
+    turned direct ingress off."""
+    import socket
+
+    for key, value in THROUGHPUT_ENV.items():
+        os.environ.setdefault(key, value)
+    direct = os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS",
+                            os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0"))
+    if direct != "1":
+        return port
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", str(port))
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", str(port + 16))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 def _examples(base_url: str, model: str) -> str:
     return f"""
@@ -81,6 +122,17 @@ def serve(
     metrics_dir = tempfile.mkdtemp(prefix="frugal-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
+    http = config.http_options
+    if not port_is_free(http.host, http.port):
+        console.print(
+            f"[red]port {http.port} on {http.host} is in use[/red] (another frugal or server "
+            "still running?): stop it or pass --port"
+        )
+        raise typer.Exit(1)
+    proxy_port = http.port
+    if not config.ray.address:  # a cluster's own env decides there (KubeRay: HAProxy)
+        proxy_port = _fast_ingress(http.port)
+
     import ray
     from ray import serve
 
@@ -91,11 +143,10 @@ def serve(
     else:
         num_cpus = config.ray.num_cpus or max(MIN_LOCAL_LOGICAL_CPUS, 4 * (os.cpu_count() or 1))
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    http = config.http_options
     serve.start(
         http_options={
             "host": http.host,
-            "port": http.port,
+            "port": proxy_port,
             **({"request_timeout_s": http.request_timeout_s} if http.request_timeout_s else {}),
         }
     )
