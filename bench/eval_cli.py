@@ -196,6 +196,12 @@ def route_command(
     via_http: bool = typer.Option(
         False, help="Also send model='auto' through the gateway (needs the router wired)."
     ),
+    price_by: str = typer.Option(
+        "config",
+        help="Prices the router and the bill use: 'config' (the YAML's list prices, else "
+        "derived from measured throughput) or 'params' (proportional to parameter count, "
+        "anchored on the largest model's price: a compute-bound node).",
+    ),
 ) -> None:
     """auto vs always-largest, always-smallest, random and the oracle on a held-out workload."""
     import random
@@ -225,6 +231,16 @@ def route_command(
         console.print("[red]no router: set router.scorecard (run `frugal bench eval`)[/red]")
         raise typer.Exit(2)
     card = Scorecard.load(config.router.scorecard)
+    if price_by not in ("config", "params"):
+        console.print(f"[red]--price-by must be 'config' or 'params', not {price_by!r}[/red]")
+        raise typer.Exit(2)
+    if price_by == "params":
+        from bench.route_bench import params_priced
+
+        router = params_priced(router, config, card)
+        if via_http:
+            console.print("[yellow]--via-http bills at the server's prices: skipped[/yellow]")
+            via_http = False
     try:
         check_held_out(card, seed)
         target = validate_min_quality(min_quality) if min_quality is not None else None
@@ -264,7 +280,7 @@ def route_command(
         scorecard=scorecard_id(card),
         candidates=router.candidates,
         prices={m: p.model_dump() for m, p in router.prices.items() if m in router.candidates},
-        measured=measured,
+        measured=measured + f"; prices: {price_by}",
         policies=policies,
         ratios=values,
         targets_met=met,

@@ -19,8 +19,10 @@ or by `auto`, so applying policies offline is exact for these results. `--via-ht
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -196,3 +198,49 @@ def check_held_out(scorecard: Scorecard, seed: int) -> None:
             f"seed {seed} is the router's training seed (scorecard {scorecard.suite}); "
             "pick another for a held-out benchmark"
         )
+
+
+def checkpoint_params(source: str) -> int:
+    """Parameter count of a local safetensors checkpoint, read from the file headers."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(Path(source).glob("*.safetensors")):
+        with safe_open(str(path), framework="numpy") as fh:
+            for name in fh.keys():
+                total += math.prod(fh.get_slice(name).get_shape())
+    return total
+
+
+def params_priced(router: Any, config: Any, scorecard: Any) -> Any:
+    """The same router with prices proportional to each model's parameter count.
+
+    Why: on a compute-bound node (a GPU at batch, or any real model size) throughput per
+    model falls with its parameter count, so its price per token rises with it. The demo
+    zoo on 2 CPU cores is overhead-bound instead (its smallest and middle models measure
+    the same tokens/s), which hides the spread the router exists to exploit. Anchored on
+    the largest model's own price, so always-largest costs the same under both.
+    """
+    from serving.config import Price
+    from serving.router.runtime import cheapest_first
+
+    sources = {m.model_id: m.model_loading_config.model_source for m in config.models}
+    params = {m: checkpoint_params(sources[m]) for m in router.candidates}
+    largest = max(params, key=params.get)
+    anchor = router.prices[largest]
+    prices = {
+        m: Price(
+            input_per_million=anchor.input_per_million * params[m] / params[largest],
+            output_per_million=anchor.output_per_million * params[m] / params[largest],
+        )
+        for m in router.candidates
+    }
+    return Router(
+        router.predictor,
+        cheapest_first(scorecard, prices, set(router.candidates)),
+        default_min_quality=router.default_min_quality,
+        cascade=router.cascade,
+        escalate_below=router.escalate_below,
+        min_quality_by_key=router.min_quality_by_key,
+        prices=prices,
+    )

@@ -325,3 +325,33 @@ def test_policies_on_known_results(router: Router) -> None:
     card = synthetic_scorecard(2, seed=5)
     with pytest.raises(ValueError, match="training seed"):
         check_held_out(card, 5)
+
+
+def test_params_priced_scales_prices_by_size_and_keeps_the_largest(
+    tmp_path: Path, router: Router, scorecard: Scorecard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`frugal bench route --price-by params`: price proportional to parameter count,
+    anchored on the largest model, and the candidates re-ordered by the new prices."""
+    import bench.route_bench as route_bench
+
+    sizes = {"org/tiny": 1_000, "org/mid": 4_000, "org/big": 10_000}
+    monkeypatch.setattr(route_bench, "checkpoint_params", lambda source: sizes[source])
+    config = load_config(_yaml(tmp_path, {}))
+    priced = route_bench.params_priced(router, config, scorecard)
+    big = router.prices["big"]
+    assert priced.prices["big"] == big
+    assert priced.prices["tiny"].output_per_million == pytest.approx(big.output_per_million / 10)
+    assert priced.prices["mid"].input_per_million == pytest.approx(big.input_per_million * 0.4)
+    assert priced.candidates == ["tiny", "mid", "big"]
+    assert priced.predictor is router.predictor
+
+
+def test_checkpoint_params_reads_safetensors_headers(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from bench.route_bench import checkpoint_params
+
+    save_file({"a": np.zeros((3, 4), np.float32), "b": np.zeros(5, np.float32)},
+              str(tmp_path / "model.safetensors"))
+    assert checkpoint_params(str(tmp_path)) == 17
