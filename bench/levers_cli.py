@@ -104,7 +104,7 @@ def levers(
             bench_structured(base_url, "bench", "bench", "bench-spaced", per_family))
     report += [f"## Reasoning effort ({name}, hardest level of each family)", "",
                _table(effort), "",
-               f"## Structured output ({name}, easiest level, one-field answers)", "",
+               f"## Structured output ({name}, easiest level, JSON answers {{task, answer}})", "",
                _table(structured), ""]
     (out / "reasoning.json").write_text(
         "[" + ",".join(row.model_dump_json() for row in effort) + "]\n")

@@ -156,25 +156,16 @@ def frugal_server(
     """`frugal serve` on a deployments YAML built from `config` (its port is replaced by a
     free one); yields the URL of its `READY http://HOST:PORT/v1` line.
 
-    With direct ingress (`RAY_SERVE_ENABLE_DIRECT_INGRESS=1`, or Ray's
-    `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` bundle) the gateway replica serves HTTP itself on
-    the lowest free port of Ray's direct-ingress range. Ray 2.60 still starts its proxy on
-    `http_options.port` (where READY points), so the yielded URL is the replica's own port:
-    that path skips the proxy hop. `cwd` selects the code: Ray puts the driver's working
-    directory first on its workers' path, so a copy of the repository there is what runs.
+    `frugal serve` itself puts the gateway's direct ingress on `http_options.port` (and
+    Ray's proxy elsewhere), so READY's URL is the direct path. `cwd` selects the code: Ray
+    puts the driver's working directory first on its workers' path, so a copy of the
+    repository there is what runs.
     """
     import httpx
     import yaml
 
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    direct_port = None
-    direct = env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS",
-                     env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0"))
-    if direct == "1":
-        direct_port = free_port()
-        env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", str(direct_port))
-        env.setdefault("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", str(direct_port + 20))
     config = {**config, "http_options": {**config.get("http_options", {}),
                                          "host": "127.0.0.1", "port": port}}
     log_path = _log_path(log_dir, f"frugal-{port}.log")
@@ -206,10 +197,8 @@ def frugal_server(
                     f"frugal serve not ready after {timeout_s:.0f}s; log: {log_path}")
             time.sleep(1)
         url = ready[0]
-        if direct_port is not None:
-            url = f"http://127.0.0.1:{direct_port}/v1"
-            if httpx.get(f"{url}/models", timeout=30).status_code != 200:
-                raise RuntimeError(f"no direct ingress on {url}; log: {log_path}")
+        if httpx.get(f"{url}/models", timeout=30).status_code != 200:
+            raise RuntimeError(f"frugal printed READY but {url}/models fails; log: {log_path}")
         yield Running(url, process.pid, log_path)
     finally:
         stop_session(process)
