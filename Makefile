@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 # The zoo ships in zoo/; `frugal zoo build` verifies it and trains only what is missing.
 # ZOO lists the models deployments/local.yaml serves.
-ZOO ?= zoo-s
+ZOO ?= zoo-s zoo-m zoo-l
 zoo: $(STAMP)
 	$(BIN)/frugal zoo build $(foreach m,$(ZOO),--only $(m))
 
@@ -34,9 +34,8 @@ run: zoo
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The server tests serve zoo-s only, so the test target needs no other zoo model.
-test: lint
-	$(BIN)/frugal zoo build --only zoo-s
+# The shared test server serves zoo-s; the model="auto" tests serve all three.
+test: lint zoo
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
