@@ -159,3 +159,18 @@ def test_every_knob_is_documented() -> None:
     paths = _field_paths(FrugalConfig) | _field_paths(ModelConfig)
     missing = sorted(p for p in paths if p.split(".")[-1] not in documented)
     assert not missing, f"undocumented keys: {missing}"
+
+
+def test_busy_port_is_detected_before_serving() -> None:
+    """`frugal serve` refuses a busy port: with direct ingress the gateway would otherwise
+    take the next free port while clients wait on the configured one."""
+    import socket
+
+    from serving.serve_cli import port_is_free
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not port_is_free("127.0.0.1", port)
+    assert port_is_free("127.0.0.1", port)
