@@ -51,6 +51,13 @@ def serve(
     max_tokens: int = typer.Option(64, help="Output tokens per request (ignore_eos)."),
     rounds: int = typer.Option(2, help="Interleaved rounds per level."),
     out: str = typer.Option("docs/bench/serve", help="Where results.json/.md, serve.png go."),
+    stream: bool = typer.Option(
+        True, help="Streaming requests (TTFT measured). --no-stream sends whole-response "
+                   "requests: one HTTP reply per request instead of one per token, so the "
+                   "engine, not per-token HTTP work, bounds throughput; TTFT is then latency."),
+    stream_interval: int = typer.Option(
+        1, min=1, help="vLLM's --stream-interval on both servers: first token at once, then "
+                       "one chunk per N tokens."),
 ) -> None:
     """Raw vLLM OpenAI server vs frugal on one model, side by side in one run: throughput
     and TTFT per concurrency, and frugal's batching vs one request at a time."""
@@ -70,12 +77,15 @@ def serve(
     levels = sorted(int(x) for x in concurrency.split(","))
     command = (f"frugal bench serve --model-path {model_path} --concurrency {concurrency} "
                f"--requests-per-level {requests_per_level} --max-tokens {max_tokens} "
-               f"--rounds {rounds} --out {out}")
+               f"--rounds {rounds}{'' if stream else ' --no-stream'}"
+               f"{f' --stream-interval {stream_interval}' if stream_interval > 1 else ''} "
+               f"--out {out}")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         result = run_serve_bench(
             path, model_id=model_id or path.name, levels=levels,
             requests_per_level=requests_per_level, rounds=rounds, max_tokens=max_tokens,
-            out=Path(out), command=command, progress=progress, say=console.print)
+            out=Path(out), command=command, progress=progress, say=console.print, stream=stream,
+            stream_interval=stream_interval)
     print(markdown(result))

@@ -16,7 +16,7 @@ import statistics
 import time
 from typing import Any
 
-import httpx
+import aiohttp
 from pydantic import BaseModel
 
 
@@ -93,17 +93,19 @@ def mean_result(results: list[LoadResult]) -> LoadResult:
                       first_error=errors[0] if errors else None, **fields)
 
 
-def chat_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
-    """A streaming chat request of exactly `max_tokens` output tokens, with usage."""
-    return {
+def chat_body(model: str, prompt: str, max_tokens: int, stream: bool = True) -> dict[str, Any]:
+    """A chat request of exactly `max_tokens` output tokens, with usage."""
+    body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "ignore_eos": True,
         "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": stream,
     }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
 
 
 def _has_text(chunk: dict[str, Any]) -> bool:
@@ -116,30 +118,35 @@ def _has_text(chunk: dict[str, Any]) -> bool:
     return False
 
 
-async def send_one(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> RequestSample:
-    """One streaming request; never raises (errors are data)."""
+async def send_one(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> RequestSample:
+    """One request, streaming or whole (TTFT is then the whole latency); never raises
+    (errors are data)."""
     started = time.perf_counter()
     ttft: float | None = None
     tokens: int | None = None
-    text_chunks = 0
     try:
-        async with http.stream("POST", url, json=body) as reply:
-            if reply.status_code != 200:
-                detail = (await reply.aread()).decode(errors="replace")[:200]
-                return _failed(started, f"HTTP {reply.status_code}: {detail}")
-            async for line in reply.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    return _failed(started, f"in-stream error: {chunk['error']}")
-                if _has_text(chunk):
-                    text_chunks += 1
-                    if ttft is None:
+        async with http.post(url, json=body) as reply:
+            if reply.status != 200:
+                detail = (await reply.read()).decode(errors="replace")[:200]
+                return _failed(started, f"HTTP {reply.status}: {detail}")
+            if not body.get("stream"):
+                tokens = (await reply.json())["usage"]["completion_tokens"]
+            else:
+                async for raw in reply.content:  # one SSE line at a time
+                    if not raw.startswith(b"data: ") or raw.startswith(b"data: [DONE]"):
+                        continue
+                    # Parse only what is needed (the client shares the CPU with the servers):
+                    # every chunk until the first token, then usage and error chunks.
+                    if ttft is not None and b'"usage"' not in raw and b'"error"' not in raw:
+                        continue
+                    chunk = json.loads(raw[6:])
+                    if "error" in chunk:
+                        return _failed(started, f"in-stream error: {chunk['error']}")
+                    if ttft is None and _has_text(chunk):
                         ttft = time.perf_counter() - started
-                if chunk.get("usage"):
-                    tokens = chunk["usage"].get("completion_tokens")
-    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+                    if chunk.get("usage"):
+                        tokens = chunk["usage"].get("completion_tokens")
+    except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError, KeyError, TypeError) as exc:
         return _failed(started, f"{type(exc).__name__}: {exc}")
     latency = time.perf_counter() - started
     if tokens is None:
@@ -155,23 +162,27 @@ def _failed(started: float, error: str) -> RequestSample:
 
 async def run_load(
     base_url: str, model: str, *, concurrency: int, requests: int, max_tokens: int = 64,
-    prompt: str = "What is 12 + 34?", timeout_s: float = 600,
+    prompt: str = "What is 12 + 34?", timeout_s: float = 600, stream: bool = True,
 ) -> LoadResult:
-    """`requests` streaming chat completions, `concurrency` at a time (closed loop).
+    """`requests` chat completions (streaming unless `stream` is False), `concurrency` at a
+    time (closed loop).
 
     After `timeout_s` no new request starts and the ones in flight are cancelled and
     counted as errors, so a stuck server cannot hang the benchmark.
     """
-    body = chat_body(model, prompt, max_tokens)
+    body = chat_body(model, prompt, max_tokens, stream)
     url = f"{base_url}/chat/completions"
     # More connections than clients: a pool smaller than the concurrency would queue
-    # requests inside the client and measure the pool, not the server.
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency)
+    # requests inside the client and measure the pool, not the server. aiohttp, not httpx:
+    # at 64 streams httpx's pool capped raw vLLM at about half of what aiohttp measured
+    # (docs/serving.md), i.e. it measured the client.
+    connector = aiohttp.TCPConnector(limit=concurrency + 4)
     samples: list[RequestSample] = []
     remaining = requests
     deadline = time.perf_counter() + timeout_s
 
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits) as http:
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
 
         async def client() -> None:
             nonlocal remaining

@@ -153,3 +153,17 @@ def test_metrics_add_up_across_replicas(server) -> None:
     assert metric(server.root_url, "vllm:generation_tokens_total", model_name=MODEL) \
         - engine_before >= 50
     assert metric(server.root_url, "frugal_request_latency_seconds_count", model=MODEL) > 0
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_benchmark_load_generator_counts_tokens_in_both_modes(server, stream: bool) -> None:
+    """`frugal bench serve` measures with this client: both modes must see every token."""
+    from bench.loadgen import run_load
+
+    result = asyncio.run(run_load(server.base_url, MODEL, concurrency=4, requests=8,
+                                  max_tokens=6, stream=stream, timeout_s=120))
+    assert result.errors == 0, result.first_error
+    assert result.requests == 8
+    assert result.tokens_per_s * result.wall_s == pytest.approx(8 * 6)
+    if not stream:  # no first token to time: TTFT is the whole latency
+        assert result.ttft_p50_ms == pytest.approx(result.latency_p50_ms)

@@ -60,3 +60,8 @@ def test_body_asks_for_exact_length_and_usage() -> None:
     body = chat_body("zoo-l", "hi", 64)
     assert body["max_tokens"] == 64 and body["ignore_eos"] is True and body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
+
+
+def test_whole_response_body_has_no_stream_options() -> None:
+    body = chat_body("zoo-l", "hi", 8, stream=False)
+    assert body["stream"] is False and "stream_options" not in body and body["max_tokens"] == 8

@@ -40,6 +40,11 @@ SHAPES: dict[str, ModelShape] = {
     "zoo-s": ModelShape(hidden_size=128, num_layers=2, intermediate_size=256),
     "zoo-m": ModelShape(hidden_size=192, num_layers=3, intermediate_size=512),
     "zoo-l": ModelShape(hidden_size=256, num_layers=3, intermediate_size=768),
+    # `prefill` is for the prompt-cache benchmark only (random weights): wide and deep enough
+    # that prefilling a few thousand tokens costs what it does on a real model, which the
+    # zoo's tiny models (prefill < serving overhead) cannot show.
+    "prefill": ModelShape(hidden_size=512, num_layers=4, intermediate_size=1536,
+                          max_model_len=4096),
 }
 
 
