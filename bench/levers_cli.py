@@ -89,11 +89,27 @@ def cache_runs(zoo: Path, scratch: Path, prefill_model: bool) -> list[CacheRun]:
     runs = [CacheRun(label=name, source=zoo / name, prompt_chars=800)]
     if prefill_model:
         shape = SHAPES["prefill"]
-        label = (f"random {shape.hidden_size}x{shape.num_layers} "
-                 f"({shape.hidden_size} wide, {shape.num_layers} layers)")
+        label = f"random weights, {shape.hidden_size} wide, {shape.num_layers} layers"
         runs.append(CacheRun(label=label, source=write_checkpoint("prefill", scratch / "prefill"),
                              prompt_chars=3000))
     return runs
+
+
+def _request_lever_tables(out: Path, name: str) -> list[str]:
+    """The reasoning and structured-output tables, from the JSON files in `out`."""
+    sections = [("reasoning.json", f"Reasoning effort ({name}, hardest level of each family)"),
+                ("structured.json",
+                 f"Structured output ({name}, easiest level, JSON answers {{task, answer}})")]
+    lines: list[str] = []
+    for file, title in sections:
+        if (out / file).exists():
+            rows = [_Row(**row) for row in json.loads((out / file).read_text())]
+            lines += [f"## {title}", "", _table(rows), ""]
+    return lines
+
+
+class _Row(BaseModel, extra="allow"):
+    """A result row read back from JSON (for the markdown table only)."""
 
 
 def _table(rows: list[Any]) -> str:
@@ -111,6 +127,8 @@ def levers(
     zoo_dir: Path | None = typer.Option(None, help="Zoo folder (default: the project's)."),
     per_family: int = typer.Option(20, help="Items per task family."),
     skip_cache: bool = typer.Option(False, help="Skip the 4-engine prompt-cache runs."),
+    cache_only: bool = typer.Option(False, help="Only the prompt-cache runs (keeps the other "
+                                                "results already in --out)."),
     prefill_model: bool = typer.Option(
         True, help="Also measure the cache on a random-weight model whose prefill is as "
                    "costly as a real model's (3,000-token shared prompt)."),
@@ -125,21 +143,19 @@ def levers(
     out.mkdir(parents=True, exist_ok=True)
     report = ["# Request levers, measured", "",
               f"Command: `frugal bench levers --per-family {per_family}`", ""]
-    with frugal_server(request_levers_config(zoo, 0)) as server:
-        base_url = server.url
-        console.print("reasoning budgets...")
-        effort = asyncio.run(bench_reasoning(base_url, "bench", per_family))
-        console.print("structured output...")
-        structured = asyncio.run(
-            bench_structured(base_url, "bench", "bench", "bench-spaced", per_family))
-    report += [f"## Reasoning effort ({name}, hardest level of each family)", "",
-               _table(effort), "",
-               f"## Structured output ({name}, easiest level, JSON answers {{task, answer}})", "",
-               _table(structured), ""]
-    (out / "reasoning.json").write_text(
-        "[" + ",".join(row.model_dump_json() for row in effort) + "]\n")
-    (out / "structured.json").write_text(
-        "[" + ",".join(row.model_dump_json() for row in structured) + "]\n")
+    if not cache_only:
+        with frugal_server(request_levers_config(zoo, 0)) as server:
+            base_url = server.url
+            console.print("reasoning budgets...")
+            effort = asyncio.run(bench_reasoning(base_url, "bench", per_family))
+            console.print("structured output...")
+            structured = asyncio.run(
+                bench_structured(base_url, "bench", "bench", "bench-spaced", per_family))
+        (out / "reasoning.json").write_text(
+            "[" + ",".join(row.model_dump_json() for row in effort) + "]\n")
+        (out / "structured.json").write_text(
+            "[" + ",".join(row.model_dump_json() for row in structured) + "]\n")
+    report += _request_lever_tables(out, name)
     if not skip_cache:
         results = []
         with tempfile.TemporaryDirectory() as scratch:

@@ -196,6 +196,16 @@ def markdown(result: ServeBench) -> str:
     if result.frugal_env:
         env = " ".join(f"{k}={v}" for k, v in result.frugal_env.items())
         lines += ["", f"frugal ran with `{env}`."]
+    if result.stream:
+        from serving.config import ModelLevers
+
+        levers = result.frugal_config["models"][0].get("frugal", {})
+        flush = levers.get("stream_flush_ms", ModelLevers().stream_flush_ms)
+        interval = result.engine.get("stream_interval", 1)
+        lines += ["", f"frugal's `stream_flush_ms` was {flush:g} (first two chunks at once, "
+                      "then at most one message per interval); raw vLLM sent "
+                      + ("every chunk as produced." if interval == 1 else
+                         f"a chunk per {interval} tokens (`--stream-interval`).")]
     return "\n".join(lines)
 
 

@@ -67,13 +67,22 @@ def build_vllm_args(model: ModelConfig) -> argparse.Namespace:
     return args
 
 
-async def _coalesce(chunks: AsyncGenerator[str, None]) -> AsyncGenerator[list[str], None]:
-    """Yield lists of the chunks that are ready, never waiting to fill a batch.
+async def _coalesce(
+    chunks: AsyncGenerator[str, None], flush_interval_s: float = 0.0, immediate: int = 2
+) -> AsyncGenerator[list[str], None]:
+    """Yield lists of the chunks that are ready.
+
+    The first `immediate` chunks go out as soon as they exist (TTFT is untouched); after
+    that a batch waits until `flush_interval_s` has passed since the previous one, or the
+    stream ends, collecting what vLLM produced meanwhile. With an interval of 0 it never
+    waits: a batch is one chunk when idle and several under load.
 
     Cancelling the consumer cancels the pump, which closes vLLM's generator and so
     aborts the request, as before.
     """
+    loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str | None] = asyncio.Queue()
+    ended = asyncio.Event()
     failure: list[BaseException] = []
 
     async def pump() -> None:
@@ -84,18 +93,29 @@ async def _coalesce(chunks: AsyncGenerator[str, None]) -> AsyncGenerator[list[st
             failure.append(exc)
         finally:
             queue.put_nowait(None)
+            ended.set()
 
     task = asyncio.create_task(pump())
+    sent = 0
+    last = loop.time()
     try:
         done = False
         while not done:
             batch = [await queue.get()]
+            wait = last + flush_interval_s - loop.time()
+            if sent >= immediate and wait > 0 and batch[-1] is not None:
+                try:  # gather more, but never hold the stream's end back
+                    await asyncio.wait_for(ended.wait(), wait)
+                except TimeoutError:
+                    pass
             while not queue.empty():
                 batch.append(queue.get_nowait())
             if batch[-1] is None:
                 done = True
                 batch.pop()
             if batch:
+                sent += len(batch)
+                last = loop.time()
                 yield batch  # type: ignore[misc]
         if failure:
             raise failure[0]
@@ -190,7 +210,7 @@ class ModelServer:
         # token is what made frugal slow at high concurrency (docs/serving.md). Chunks that
         # vLLM produced while the previous batch was in flight go out together, so a batch
         # is one token when idle (no added latency) and several under load.
-        async for batch in _coalesce(result):
+        async for batch in _coalesce(result, self.model.frugal.stream_flush_ms / 1000):
             yield batch
 
     def _raise_if_dead(self) -> None:
