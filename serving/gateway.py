@@ -182,8 +182,6 @@ class Gateway:
     def __init__(self, config: FrugalConfig, servers: dict[str, DeploymentHandle]) -> None:
         self.config = config
         self.servers = servers
-        # Streaming handles made once: `.options()` builds a new handle each call.
-        self.stream_servers = {m: h.options(stream=True) for m, h in servers.items()}
         self.api_keys = set(config.gateway.api_keys)
         self.retry_after_s = config.gateway.retry_after_s
         self.max_request_bytes = config.gateway.max_request_bytes
@@ -287,7 +285,7 @@ class Gateway:
         )
         self._observe_prompt_shape(call)
         if request.stream:
-            return await self._stream(call)
+            return await self._stream(handle, call)
         return await self._unary(handle, call)
 
     def _observe_prompt_shape(self, call: _Call) -> None:
@@ -404,7 +402,7 @@ class Gateway:
             _add_reasoning_content(data)
         return JSONResponse(data, headers=headers)
 
-    async def _stream(self, call: _Call) -> Response:
+    async def _stream(self, handle: DeploymentHandle, call: _Call) -> Response:
         from vllm.entrypoints.generate.base.protocol import StreamOptions
 
         request, model = call.request, call.model
@@ -419,7 +417,7 @@ class Gateway:
                 request.stream_options and request.stream_options.continuous_usage_stats
             ),
         )
-        stream = self.stream_servers[model]
+        stream = handle.options(stream=True)
         chunks = getattr(stream, f"{call.endpoint}_stream").remote(request)
         metrics.IN_FLIGHT.labels(model).inc()
         try:
