@@ -64,12 +64,12 @@ def _examples(base_url: str, model: str) -> str:
     return f"""
 [bold]curl[/bold]
 curl {base_url}/chat/completions -H 'Content-Type: application/json' \\
-  -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "What is 12 + 7?"}}]}}'
+  -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "What is 3 + 4?"}}]}}'
 
 [bold]openai[/bold] (Python)
 python -c "from openai import OpenAI; c = OpenAI(base_url='{base_url}', api_key='none'); \\
 print(c.chat.completions.create(model='{model}', \\
-messages=[{{'role': 'user', 'content': 'What is 12 + 7?'}}]).choices[0].message.content)"
+messages=[{{'role': 'user', 'content': 'What is 3 + 4?'}}]).choices[0].message.content)"
 """
 
 
