@@ -207,9 +207,8 @@ class ModelServer:
             yield result  # an ErrorResponse found before generation started
             return
         # Every item of a Ray streaming call is one object sent between processes: one per
-        # token is what made frugal slow at high concurrency (docs/serving.md). Chunks that
-        # vLLM produced while the previous batch was in flight go out together, so a batch
-        # is one token when idle (no added latency) and several under load.
+        # token is what made frugal slow at high concurrency (docs/serving.md). After the
+        # first two chunks, what vLLM produced within `stream_flush_ms` goes out as one item.
         async for batch in _coalesce(result, self.model.frugal.stream_flush_ms / 1000):
             yield batch
 
