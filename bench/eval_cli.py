@@ -196,6 +196,14 @@ def route_command(
     via_http: bool = typer.Option(
         False, help="Also send model='auto' through the gateway (needs the router wired)."
     ),
+    results_file: Path | None = typer.Option(
+        None, "--results", help="Where the per-item answers are saved (default: OUT.results.json)."
+    ),
+    reuse_results: bool = typer.Option(
+        False,
+        help="Apply the policies to the per-item answers saved by an earlier run "
+        "(--results, same seed and --per-cell) instead of asking the models again.",
+    ),
     price_by: str = typer.Option(
         "config",
         help="Prices the router and the bill use: 'config' (the YAML's list prices, else "
@@ -210,6 +218,7 @@ def route_command(
     from bench.route_bench import (
         PolicyResult,
         RouteReport,
+        RouteResults,
         apply_policies,
         check_held_out,
         markdown_table,
@@ -252,13 +261,33 @@ def route_command(
     items = mixed_suite(per_cell, seed)
     random.Random(seed).shuffle(items)  # a mixed workload, not blocks of one family
     url = _base_url(config, base_url)
-    scores = asyncio.run(_score_all(url, router.candidates, items, concurrency, False, False))
-    results = {m: s.result_map() for m, s in scores.items()}
+    results_path = results_file or out.with_suffix(".results.json")
+    saved = None
+    reused = False
+    if reuse_results and results_path.exists():
+        saved = RouteResults.model_validate_json(results_path.read_text())
+        if not saved.matches(seed, per_cell, router.candidates):
+            console.print(f"[yellow]{results_path} is another workload: asking the models[/yellow]")
+            saved = None
+        else:
+            reused = True
+    if saved is None:
+        scores = asyncio.run(
+            _score_all(url, router.candidates, items, concurrency, False, False)
+        )
+        saved = RouteResults(
+            seed=seed, per_cell=per_cell, models={m: s.results for m, s in scores.items()}
+        )
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(saved.model_dump_json() + "\n")
+    results = saved.result_maps()
     policies = apply_policies(router, items, results, router.prices, min_quality=target, seed=seed)
     measured = (
         "offline: every candidate answered every item via the endpoint (greedy); policies "
         "applied to those per-item results, Router.choose/escalation per item for auto"
     )
+    if reused:
+        measured += f" (answers reused from {results_path.name})"
     if via_http:
         rows = asyncio.run(_auto_over_http(url, items, target, concurrency))
         counts: dict[str, int] = {}

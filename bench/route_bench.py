@@ -145,6 +145,25 @@ def apply_policies(
     return {name: summarise(outs, candidates) for name, outs in per_policy.items()}
 
 
+class RouteResults(BaseModel):
+    """Every candidate's real answers to one workload, kept next to the report.
+
+    Why: the policies are applied offline to these, so a policy or price change is
+    re-measured in seconds on exactly the same answers (`--reuse-results`) instead of
+    asking every model every item again.
+    """
+
+    seed: int
+    per_cell: int
+    models: dict[str, list[ItemResult]]
+
+    def matches(self, seed: int, per_cell: int, models: list[str]) -> bool:
+        return self.seed == seed and self.per_cell == per_cell and set(models) <= set(self.models)
+
+    def result_maps(self) -> dict[str, dict[str, ItemResult]]:
+        return {m: {r.id: r for r in rows} for m, rows in self.models.items()}
+
+
 class RouteReport(BaseModel):
     """What `frugal bench route --out` writes."""
 
@@ -243,4 +262,5 @@ def params_priced(router: Any, config: Any, scorecard: Any) -> Any:
         escalate_below=router.escalate_below,
         min_quality_by_key=router.min_quality_by_key,
         prices=prices,
+        hopeless_below=router.hopeless_below,
     )

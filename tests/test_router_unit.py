@@ -177,6 +177,35 @@ def test_unreachable_target_takes_cheapest_best(router: Router) -> None:
     assert decision.model in MODELS and "none predicted" in decision.reason
 
 
+class FixedPredictor:
+    """Predictions given by the test, so the fallback rules are checked exactly."""
+
+    def __init__(self, predicted: dict[str, float]) -> None:
+        self.predicted = predicted
+        self.models = list(predicted)
+
+    def predict(self, messages: list[dict[str, str]]) -> dict[str, float]:
+        return dict(self.predicted)
+
+
+def test_hopeless_request_goes_to_the_cheapest() -> None:
+    messages = [{"role": "user", "content": "anything"}]
+    hopeless = Router(FixedPredictor({"tiny": 0.05, "mid": 0.2, "big": 0.4}), list(MODELS))
+    decision = hopeless.choose(messages, 0.9)
+    assert decision.model == "tiny" and "cheapest" in decision.reason
+    # The best model is more likely right than wrong: pay for it.
+    worth_it = Router(FixedPredictor({"tiny": 0.05, "mid": 0.2, "big": 0.6}), list(MODELS))
+    assert worth_it.choose(messages, 0.9).model == "big"
+    # hopeless_below=0 restores "always the best-predicted model".
+    quality_first = Router(
+        FixedPredictor({"tiny": 0.05, "mid": 0.2, "big": 0.4}), list(MODELS), hopeless_below=0
+    )
+    assert quality_first.choose(messages, 0.9).model == "big"
+    # A target some model meets is unaffected.
+    assert hopeless.choose(messages, 0.3).model == "big"
+    assert hopeless.choose(messages, 0.15).model == "mid"
+
+
 def test_choose_is_fast(router: Router) -> None:
     messages = mixed_suite(1, 1_000_000_999)[-1].messages  # the longest prompt family
     router.choose(messages, None)
@@ -325,6 +354,21 @@ def test_policies_on_known_results(router: Router) -> None:
     card = synthetic_scorecard(2, seed=5)
     with pytest.raises(ValueError, match="training seed"):
         check_held_out(card, 5)
+
+
+def test_route_results_round_trip_and_match_only_their_workload() -> None:
+    """`frugal bench route --reuse-results` re-applies policies to saved answers only
+    when they are the same workload (seed, items per cell) and cover every candidate."""
+    from bench.route_bench import RouteResults
+
+    row = ItemResult(id="a", correct=True, prompt_tokens=3, completion_tokens=1, latency_s=0.1)
+    saved = RouteResults(seed=7, per_cell=2, models={"tiny": [row], "big": [row]})
+    loaded = RouteResults.model_validate_json(saved.model_dump_json())
+    assert loaded.result_maps()["big"]["a"] == row
+    assert loaded.matches(7, 2, ["tiny", "big"])
+    assert not loaded.matches(8, 2, ["tiny", "big"])
+    assert not loaded.matches(7, 3, ["tiny"])
+    assert not loaded.matches(7, 2, ["tiny", "mid"])
 
 
 def test_params_priced_scales_prices_by_size_and_keeps_the_largest(

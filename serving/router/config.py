@@ -16,6 +16,13 @@ class RouterConfig(BaseModel):
     min_quality: float = Field(
         0.95, gt=0, le=1, description="Default predicted success a chosen model must reach."
     )
+    hopeless_below: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="When no model meets the target and even the best prediction is below "
+        "this, send the request to the cheapest model (0: always the best-predicted one).",
+    )
     scorecard: str | None = Field(
         None, description="Scorecard JSON from `frugal bench eval` (relative to the YAML)."
     )

@@ -16,8 +16,11 @@ The gateway's contract (it composes; the policy lives here):
 
 Policy: candidates are the scorecard's models that the YAML serves, cheapest first (by
 the average cost of a scorecard item at the current prices). Choose the first whose
-predicted success meets the target; if none does, the cheapest of those within
-`TIE_MARGIN` of the best prediction (paying more for no predicted gain is waste).
+predicted success meets the target. If none does, the cheapest of those within
+`TIE_MARGIN` of the best prediction (paying more for no predicted gain is waste); but when
+even the best prediction is below `hopeless_below` (every model is more likely wrong than
+right), the cheapest model: paying the largest model's price for an answer that is
+probably wrong anyway is the costliest way to fail.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class Router:
         escalate_below: float | None = None,
         min_quality_by_key: dict[str, float] | None = None,
         prices: dict[str, Price] | None = None,
+        hopeless_below: float = 0.5,
     ) -> None:
         unknown = [m for m in candidates if m not in predictor.models]
         if unknown or not candidates:
@@ -89,6 +93,7 @@ class Router:
         self.escalate_below = escalate_below
         self.min_quality_by_key = dict(min_quality_by_key or {})
         self.prices = dict(prices or {})
+        self.hopeless_below = hopeless_below
 
     # --- building -------------------------------------------------------------------
 
@@ -136,6 +141,7 @@ class Router:
             escalate_below=settings.escalate_below,
             min_quality_by_key=settings.min_quality_by_key,
             prices=prices,
+            hopeless_below=settings.hopeless_below,
         )
 
     # --- the hot path ---------------------------------------------------------------
@@ -159,6 +165,13 @@ class Router:
                 reason = f"cheapest with predicted {predicted[model]:.3f} >= {target:.3f}"
                 return self._decision(model, reason, predicted, target)
         best = max(predicted.values())
+        if best < self.hopeless_below:
+            model = self.candidates[0]
+            reason = (
+                f"none predicted >= {target:.3f}; best predicted {best:.3f} < "
+                f"{self.hopeless_below:.2f}: cheapest"
+            )
+            return self._decision(model, reason, predicted, target)
         model = next(m for m in self.candidates if predicted[m] >= best - TIE_MARGIN)
         reason = f"none predicted >= {target:.3f}; best predicted {predicted[model]:.3f}"
         return self._decision(model, reason, predicted, target)
