@@ -58,6 +58,9 @@ def serve(
     stream_interval: int = typer.Option(
         1, min=1, help="vLLM's --stream-interval on both servers: first token at once, then "
                        "one chunk per N tokens."),
+    colocate: bool = typer.Option(
+        True, help="Serve the model inside frugal's gateway process (gateway.colocated_model); "
+                   "--no-colocate gives it a replica of its own behind the gateway."),
 ) -> None:
     """Raw vLLM OpenAI server vs frugal on one model, side by side in one run: throughput
     and TTFT per concurrency, and frugal's batching vs one request at a time."""
@@ -78,8 +81,8 @@ def serve(
     command = (f"frugal bench serve --model-path {model_path} --concurrency {concurrency} "
                f"--requests-per-level {requests_per_level} --max-tokens {max_tokens} "
                f"--rounds {rounds}{'' if stream else ' --no-stream'}"
-               f"{f' --stream-interval {stream_interval}' if stream_interval > 1 else ''} "
-               f"--out {out}")
+               f"{f' --stream-interval {stream_interval}' if stream_interval > 1 else ''}"
+               f"{'' if colocate else ' --no-colocate'} --out {out}")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                "{task.total}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
@@ -87,5 +90,5 @@ def serve(
             path, model_id=model_id or path.name, levels=levels,
             requests_per_level=requests_per_level, rounds=rounds, max_tokens=max_tokens,
             out=Path(out), command=command, progress=progress, say=console.print, stream=stream,
-            stream_interval=stream_interval)
+            stream_interval=stream_interval, colocate=colocate)
     print(markdown(result))

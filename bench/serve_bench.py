@@ -114,11 +114,18 @@ def raw_args(engine: dict[str, Any]) -> list[str]:
     return args
 
 
-def frugal_config(model_path: Path, model_id: str, engine: dict[str, Any]) -> dict[str, Any]:
-    """The deployments YAML (as a dict) for one model behind the gateway."""
+def frugal_config(
+    model_path: Path, model_id: str, engine: dict[str, Any], colocate: bool = True
+) -> dict[str, Any]:
+    """The deployments YAML (as a dict) for one model behind the gateway: inside the
+    gateway's process (`gateway.colocated_model`, what one hot model on a node should
+    run) unless `colocate` is False (a model replica of its own, one hop away)."""
+    gateway: dict[str, Any] = {"deployment_config": GATEWAY_DEPLOYMENT}
+    if colocate:
+        gateway["colocated_model"] = model_id
     return {
         "ray": {"num_cpus": 8},
-        "gateway": {"deployment_config": GATEWAY_DEPLOYMENT},
+        "gateway": gateway,
         "models": [{
             "model_loading_config": {"model_id": model_id,
                                      "model_source": str(model_path.resolve())},
@@ -194,6 +201,10 @@ def markdown(result: ServeBench) -> str:
     if result.frugal_env:
         env = " ".join(f"{k}={v}" for k, v in result.frugal_env.items())
         lines += ["", f"frugal ran with `{env}`."]
+    colocated = result.frugal_config.get("gateway", {}).get("colocated_model")
+    lines += ["", f"frugal served `{result.model}` "
+                  + ("inside the gateway's process (`gateway.colocated_model`)." if colocated
+                     else "from a model replica of its own, one hop behind the gateway.")]
     if result.stream:
         from serving.config import ModelLevers
 
@@ -251,6 +262,7 @@ def run_serve_bench(
     model_path: Path, *, model_id: str, levels: list[int], requests_per_level: int, rounds: int,
     max_tokens: int, out: Path, command: str, progress: Any,
     say: Callable[[str], None] = print, stream: bool = True, stream_interval: int = 1,
+    colocate: bool = True,
 ) -> ServeBench:
     """Start both servers, measure every level interleaved, write the three outputs.
 
@@ -261,7 +273,7 @@ def run_serve_bench(
 
     out.mkdir(parents=True, exist_ok=True)
     engine = {**ENGINE, **({"stream_interval": stream_interval} if stream_interval > 1 else {})}
-    config = frugal_config(model_path, model_id, engine)
+    config = frugal_config(model_path, model_id, engine, colocate)
     results: dict[tuple[str, int], list[LoadResult]] = {}
     load_start = os.getloadavg()[0]
     logs = Path(tempfile.mkdtemp(prefix="frugal-bench-serve-"))  # not into docs/

@@ -26,19 +26,51 @@ def _actor_options(deployment: DeploymentConfig, runtime_env: dict[str, Any]) ->
     return options
 
 
+def colocated_gateway_deployment(config: FrugalConfig) -> DeploymentConfig:
+    """The gateway's deployment when it also hosts `gateway.colocated_model`'s engine.
+
+    Its replicas are that model's replicas, so they scale and queue as the model's
+    `deployment_config` says; each replica does both jobs, so it reserves both jobs'
+    resources and accepts the larger of the two in-flight limits. A request router does
+    not apply: the ingress is reached over HTTP, not through a handle.
+    """
+    gateway = config.gateway.deployment_config
+    model = config.model(config.gateway.colocated_model or "").deployment_config
+    gateway_actor, model_actor = gateway.ray_actor_options, model.ray_actor_options
+    resources = dict(model_actor.resources)
+    for name, amount in gateway_actor.resources.items():
+        resources[name] = resources.get(name, 0.0) + amount
+    actor = model_actor.model_copy(update={
+        "num_cpus": model_actor.num_cpus + gateway_actor.num_cpus,
+        "num_gpus": model_actor.num_gpus + gateway_actor.num_gpus,
+        "resources": resources,
+    })
+    return model.model_copy(update={
+        "ray_actor_options": actor,
+        "max_ongoing_requests": max(model.max_ongoing_requests, gateway.max_ongoing_requests),
+        "request_router_config": None,
+    })
+
+
 def build_app(config: FrugalConfig) -> Application:
-    """One `ModelServer` deployment per model behind one `Gateway` ingress."""
+    """One `ModelServer` deployment per model behind one `Gateway` ingress; the
+    colocated model, if any, runs inside the gateway instead."""
+    colocated = config.gateway.colocated_model
     servers = {
         model.model_id: ModelServer.options(
             name=model.deployment_name,
             **_actor_options(model.deployment_config, model.runtime_env),
         ).bind(model)
         for model in config.models
+        if model.model_id != colocated
     }
-    gateway = Gateway.options(
-        name="gateway", **_actor_options(config.gateway.deployment_config, {})
-    )
-    return gateway.bind(config, servers)
+    if colocated is None:
+        options = _actor_options(config.gateway.deployment_config, {})
+    else:
+        options = _actor_options(
+            colocated_gateway_deployment(config), config.model(colocated).runtime_env
+        )
+    return Gateway.options(name="gateway", **options).bind(config, servers)
 
 
 def app_builder(args: dict[str, str]) -> Application:

@@ -243,6 +243,12 @@ class GatewayConfig(StrictModel):
     retry_after_s: int = Field(
         2, ge=1, description="Retry-After seconds sent with 503 when an engine is overloaded."
     )
+    colocated_model: str | None = Field(
+        None,
+        description="Run this model's engine inside the gateway's own process: no hop "
+        "between gateway and engine. The gateway then takes the model's deployment_config "
+        "(replicas, queue) and runtime_env, and the two jobs' CPUs/GPUs add up.",
+    )
 
 
 class RayClusterConfig(StrictModel):
@@ -299,6 +305,9 @@ class FrugalConfig(StrictModel):
             seen.add(model.model_id)
         if self.cost.baseline_model is not None and self.cost.baseline_model not in seen:
             raise ValueError(f"cost.baseline_model {self.cost.baseline_model!r} is not a model")
+        colocated = self.gateway.colocated_model
+        if colocated is not None and colocated not in seen:
+            raise ValueError(f"gateway.colocated_model {colocated!r} is not a model")
         return self
 
     @property

@@ -124,11 +124,21 @@ async def _coalesce(
         await asyncio.gather(task, return_exceptions=True)
 
 
-@serve.deployment
-class ModelServer:
-    """A vLLM engine plus vLLM's OpenAI serving objects for one model."""
+class ModelEngine:
+    """A vLLM engine plus vLLM's OpenAI serving objects for one model, in this process.
 
-    async def __init__(self, model: ModelConfig) -> None:
+    `ModelServer` below is this class as a Ray Serve deployment (a replica per model);
+    the gateway also hosts one directly for `gateway.colocated_model`, which saves the
+    hop between the gateway and the model's replica (docs/serving.md).
+    """
+
+    @classmethod
+    async def start(cls, model: ModelConfig) -> ModelEngine:
+        engine = cls.__new__(cls)
+        await engine._start(model)
+        return engine
+
+    async def _start(self, model: ModelConfig) -> None:
         from starlette.datastructures import State
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.openai.api_server import init_app_state
@@ -228,3 +238,11 @@ class ModelServer:
         if error.error.code >= HTTPStatus.INTERNAL_SERVER_ERROR:
             logger.exception("engine error for %s", self.model.model_id, exc_info=exc)
         return error
+
+
+@serve.deployment
+class ModelServer(ModelEngine):
+    """One model's replica: a `ModelEngine` the gateway reaches through a handle."""
+
+    async def __init__(self, model: ModelConfig) -> None:
+        await self._start(model)

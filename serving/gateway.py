@@ -179,9 +179,18 @@ async def _prepend(first: Any, rest: Any) -> AsyncIterator[Any]:
 class Gateway:
     """Routes OpenAI requests to one `ModelServer` deployment per model."""
 
-    def __init__(self, config: FrugalConfig, servers: dict[str, DeploymentHandle]) -> None:
+    async def __init__(self, config: FrugalConfig, servers: dict[str, DeploymentHandle]) -> None:
         self.config = config
-        self.servers = servers
+        self.servers: dict[str, Any] = dict(servers)
+        self.colocated: Any = None
+        if config.gateway.colocated_model is not None:
+            # This replica hosts the model's engine itself (docs/serving.md).
+            from serving.engine import ModelEngine
+            from serving.local_handle import LocalHandle
+
+            model = config.model(config.gateway.colocated_model)
+            self.colocated = await ModelEngine.start(model)
+            self.servers[model.model_id] = LocalHandle(self.colocated)
         self.api_keys = set(config.gateway.api_keys)
         self.retry_after_s = config.gateway.retry_after_s
         self.max_request_bytes = config.gateway.max_request_bytes
@@ -191,6 +200,12 @@ class Gateway:
         prices = self.router.prices if self.router else price_table(config)
         self.cost_model = CostModel(config, prices)
         self.prompt_shapes = PromptShapes()
+
+    async def check_health(self) -> None:
+        """Ray Serve calls this periodically; a dead colocated engine restarts the
+        replica (a separate model replica has its own check)."""
+        if self.colocated is not None:
+            await self.colocated.check_health()
 
     # --- plain endpoints ----------------------------------------------------------
 

@@ -1,0 +1,143 @@
+"""`gateway.colocated_model`: a model whose engine runs inside the gateway's process,
+served for real (Ray Serve + vLLM) and used through the `openai` SDK.
+
+Its own module-scoped server (zoo-s, colocated), because the session server keeps every
+model in a replica of its own. Every request path the gateway has for a model replica
+must behave the same when the model is local: unary, streaming, completions, errors,
+concurrency, metrics, and a disconnect that aborts the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import psutil
+import pytest
+from conftest import zoo_model_path
+from helpers import chat_body, metric
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+MODEL = "zoo-s"
+
+
+@pytest.fixture(scope="module")
+def colocated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from bench.servers import frugal_server
+
+    config = {
+        "ray": {"num_cpus": 8},
+        "gateway": {"colocated_model": MODEL},
+        "models": [{
+            "model_loading_config": {"model_id": MODEL,
+                                     "model_source": str(zoo_model_path(MODEL))},
+            "engine_kwargs": {"dtype": "bfloat16", "enforce_eager": True,
+                              "max_model_len": 512},
+            "deployment_config": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
+            "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        }],
+    }
+    with frugal_server(config, log_dir=tmp_path_factory.mktemp("colocated"),
+                       timeout_s=900) as running:
+        yield running.url
+
+
+@pytest.fixture(scope="module")
+def client(colocated: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=colocated, api_key="unused", max_retries=0, timeout=120)
+
+
+def _replica_processes() -> dict[str, psutil.Process]:
+    found = {}
+    for process in psutil.process_iter(["cmdline"]):
+        line = " ".join(process.info["cmdline"] or [])
+        if "ServeReplica:" in line:
+            found[line.split("ServeReplica:")[1].split()[0]] = process
+    return found
+
+
+def test_the_engine_runs_inside_the_gateway_process(colocated: str) -> None:
+    replicas = _replica_processes()
+    gateway = next(p for name, p in replicas.items() if name.endswith(":gateway"))
+    assert not any(f"model-{MODEL}" in name for name in replicas), replicas
+    children = " ".join(" ".join(c.cmdline()) + c.name() for c in gateway.children(True))
+    assert "EngineCore" in children
+
+
+def test_models_list_reports_the_engine_context(client) -> None:
+    models = {m.id: m for m in client.models.list().data}
+    assert models[MODEL].model_extra["max_model_len"] == 512
+
+
+def test_chat_and_usage(client) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is 3 + 4?"}],
+        max_tokens=8, temperature=0)
+    assert reply.model == MODEL
+    assert reply.choices[0].message.content.strip() == "7"
+    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+
+
+def test_streaming_chat(client) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is 3 + 4?"}],
+        max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() == "7"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_completions(client) -> None:
+    reply = client.completions.create(model=MODEL, prompt="12 + 3 =", max_tokens=4)
+    assert reply.model == MODEL and reply.usage.completion_tokens > 0
+
+
+def test_prompt_longer_than_context_is_400(colocated: str) -> None:
+    body = chat_body(MODEL, content="word " * 2000)
+    reply = httpx.post(f"{colocated}/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["type"] == "BadRequestError"
+
+
+def test_concurrent_requests_all_answered_and_counted(colocated: str) -> None:
+    root = colocated.removesuffix("/v1")
+    before = metric(root, "frugal_requests_total", model=MODEL, status="200")
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as http:
+            return await asyncio.gather(*(
+                http.post(f"{colocated}/chat/completions",
+                          json=chat_body(MODEL, max_tokens=16, ignore_eos=True))
+                for _ in range(16)))
+
+    replies = asyncio.run(run())
+    assert [r.status_code for r in replies] == [200] * 16
+    assert all(r.json()["usage"]["completion_tokens"] == 16 for r in replies)
+    assert metric(root, "frugal_requests_total", model=MODEL, status="200") == before + 16
+
+
+def test_client_disconnect_aborts_the_generation(colocated: str) -> None:
+    root = colocated.removesuffix("/v1")
+    max_tokens = 448
+    generated_before = metric(root, "vllm:generation_tokens_total", model_name=MODEL)
+    ran_to_length_before = metric(root, "vllm:request_success_total", model_name=MODEL,
+                                  finished_reason="length")
+    body = chat_body(MODEL, max_tokens=max_tokens, ignore_eos=True, stream=True)
+    with httpx.stream("POST", f"{colocated}/chat/completions", json=body, timeout=60) as reply:
+        assert reply.status_code == 200
+        lines = reply.iter_lines()
+        for _ in range(4):  # the role chunk and the first token (both sent at once)
+            next(lines)
+    deadline = time.monotonic() + 60
+    while metric(root, "vllm:num_requests_running", model_name=MODEL) > 0:
+        assert time.monotonic() < deadline, "request still running 60 s after disconnect"
+        time.sleep(0.2)
+    assert metric(root, "vllm:request_success_total", model_name=MODEL,
+                  finished_reason="length") == ran_to_length_before
+    generated = metric(root, "vllm:generation_tokens_total", model_name=MODEL)
+    assert generated - generated_before < max_tokens * 0.75
