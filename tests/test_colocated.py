@@ -19,14 +19,14 @@ import pytest
 from conftest import zoo_model_path
 from helpers import chat_body, metric
 
+from bench.servers import Running, frugal_server, session_pids
+
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 MODEL = "zoo-s"
 
 
 @pytest.fixture(scope="module")
-def colocated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from bench.servers import frugal_server
-
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     config = {
         "ray": {"num_cpus": 8},
         "gateway": {"colocated_model": MODEL},
@@ -40,8 +40,13 @@ def colocated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         }],
     }
     with frugal_server(config, log_dir=tmp_path_factory.mktemp("colocated"),
-                       timeout_s=900) as running:
-        yield running.url
+                       timeout_s=900) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def colocated(running: Running) -> str:
+    return running.url
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +56,21 @@ def client(colocated: str):
     return OpenAI(base_url=colocated, api_key="unused", max_retries=0, timeout=120)
 
 
-def _replica_processes() -> dict[str, psutil.Process]:
+def _replica_processes(session_id: int) -> dict[str, psutil.Process]:
+    """This server's Ray Serve replicas (the session server may run beside it)."""
     found = {}
-    for process in psutil.process_iter(["cmdline"]):
-        line = " ".join(process.info["cmdline"] or [])
+    for pid in session_pids(session_id):
+        try:
+            line = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            continue
         if "ServeReplica:" in line:
-            found[line.split("ServeReplica:")[1].split()[0]] = process
+            found[line.split("ServeReplica:")[1].split()[0]] = psutil.Process(pid)
     return found
 
 
-def test_the_engine_runs_inside_the_gateway_process(colocated: str) -> None:
-    replicas = _replica_processes()
+def test_the_engine_runs_inside_the_gateway_process(running: Running) -> None:
+    replicas = _replica_processes(running.session_id)
     gateway = next(p for name, p in replicas.items() if name.endswith(":gateway"))
     assert not any(f"model-{MODEL}" in name for name in replicas), replicas
     children = " ".join(" ".join(c.cmdline()) + c.name() for c in gateway.children(True))
