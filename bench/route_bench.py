@@ -157,6 +157,16 @@ class RouteResults(BaseModel):
     per_cell: int
     models: dict[str, list[ItemResult]]
 
+    @classmethod
+    def load_matching(
+        cls, path: Path, seed: int, per_cell: int, models: list[str]
+    ) -> RouteResults | None:
+        """The answers saved at `path`, if they are this workload's; else None."""
+        if not path.exists():
+            return None
+        saved = cls.model_validate_json(path.read_text())
+        return saved if saved.matches(seed, per_cell, models) else None
+
     def matches(self, seed: int, per_cell: int, models: list[str]) -> bool:
         return self.seed == seed and self.per_cell == per_cell and set(models) <= set(self.models)
 

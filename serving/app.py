@@ -26,8 +26,8 @@ def _actor_options(deployment: DeploymentConfig, runtime_env: dict[str, Any]) ->
     return options
 
 
-def colocated_gateway_deployment(config: FrugalConfig) -> DeploymentConfig:
-    """The gateway's deployment when it also hosts `gateway.colocated_model`'s engine.
+def colocated_gateway_deployment(config: FrugalConfig, model_id: str) -> DeploymentConfig:
+    """The gateway's deployment when it also hosts model `model_id`'s engine.
 
     Its replicas are that model's replicas, so they scale and queue as the model's
     `deployment_config` says; each replica does both jobs, so it reserves both jobs'
@@ -35,7 +35,7 @@ def colocated_gateway_deployment(config: FrugalConfig) -> DeploymentConfig:
     not apply: the ingress is reached over HTTP, not through a handle.
     """
     gateway = config.gateway.deployment_config
-    model = config.model(config.gateway.colocated_model or "").deployment_config
+    model = config.model(model_id).deployment_config
     gateway_actor, model_actor = gateway.ray_actor_options, model.ray_actor_options
     resources = dict(model_actor.resources)
     for name, amount in gateway_actor.resources.items():
@@ -68,7 +68,7 @@ def build_app(config: FrugalConfig) -> Application:
         options = _actor_options(config.gateway.deployment_config, {})
     else:
         options = _actor_options(
-            colocated_gateway_deployment(config), config.model(colocated).runtime_env
+            colocated_gateway_deployment(config, colocated), config.model(colocated).runtime_env
         )
     return Gateway.options(name="gateway", **options).bind(config, servers)
 

@@ -218,7 +218,8 @@ class ModelEngine:
             return
         # Every item of a Ray streaming call is one object sent between processes: one per
         # token is what made frugal slow at high concurrency (docs/serving.md). After the
-        # first two chunks, what vLLM produced within `stream_flush_ms` goes out as one item.
+        # first two chunks, what vLLM produced within `stream_flush_ms` goes out as one item
+        # (and, colocated in the gateway, as one HTTP body write).
         async for batch in _coalesce(result, self.model.frugal.stream_flush_ms / 1000):
             yield batch
 

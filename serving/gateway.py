@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,6 +39,9 @@ from serving.errors import APIError, error_response
 from serving.pricing import price_table
 from serving.reasoning import apply_thinking, plan_thinking, pop_reasoning_fields
 from serving.router.runtime import RouteDecision, Router, validate_min_quality
+
+if TYPE_CHECKING:
+    from serving.engine import ModelEngine
 
 AUTO = "auto"
 
@@ -182,7 +185,7 @@ class Gateway:
     async def __init__(self, config: FrugalConfig, servers: dict[str, DeploymentHandle]) -> None:
         self.config = config
         self.servers: dict[str, Any] = dict(servers)
-        self.colocated: Any = None
+        self.colocated: ModelEngine | None = None
         if config.gateway.colocated_model is not None:
             # This replica hosts the model's engine itself (docs/serving.md).
             from serving.engine import ModelEngine

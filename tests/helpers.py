@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,3 +21,31 @@ def metric(root_url: str, name: str, **labels: str) -> float:
 
 def chat_body(model: str, content: str = "What is 2 + 3?", **extra: object) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def assert_disconnect_aborts(base_url: str, model: str, max_tokens: int) -> None:
+    """Open a long stream, read its first chunks, hang up: the engine must drop the
+    request, not run it to the end. Checked on vLLM's own counters once nothing runs."""
+    root_url = base_url.removesuffix("/v1")
+    generated_before = metric(root_url, "vllm:generation_tokens_total", model_name=model)
+    ran_to_length_before = metric(root_url, "vllm:request_success_total",
+                                  model_name=model, finished_reason="length")
+    body = chat_body(model, max_tokens=max_tokens, ignore_eos=True, stream=True)
+    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=60) as reply:
+        assert reply.status_code == 200
+        lines = reply.iter_lines()
+        for _ in range(4):  # the role chunk and the first token (both sent at once)
+            next(lines)
+    # Closing the stream is the disconnect. Once nothing is running, count what it generated.
+    deadline = time.monotonic() + 60
+    while metric(root_url, "vllm:num_requests_running", model_name=model) > 0:
+        assert time.monotonic() < deadline, "request still running 60 s after disconnect"
+        time.sleep(0.2)
+    generated = metric(root_url, "vllm:generation_tokens_total", model_name=model)
+    # Aborted, not finished: it never reached max_tokens (vLLM counts no abort in
+    # request_success), and it stopped well short of it. How far it got depends on how
+    # loaded the machine is (hundreds of tokens under a busy CI run), not on frugal.
+    ran_to_length = metric(root_url, "vllm:request_success_total",
+                           model_name=model, finished_reason="length")
+    assert ran_to_length == ran_to_length_before
+    assert generated - generated_before < max_tokens * 0.75

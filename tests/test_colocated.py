@@ -10,14 +10,13 @@ concurrency, metrics, and a disconnect that aborts the generation.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 
 import httpx
 import psutil
 import pytest
 from conftest import zoo_model_path
-from helpers import chat_body, metric
+from helpers import assert_disconnect_aborts, chat_body, metric
 
 from bench.servers import Running, frugal_server, session_pids
 
@@ -131,22 +130,4 @@ def test_concurrent_requests_all_answered_and_counted(colocated: str) -> None:
 
 
 def test_client_disconnect_aborts_the_generation(colocated: str) -> None:
-    root = colocated.removesuffix("/v1")
-    max_tokens = 448
-    generated_before = metric(root, "vllm:generation_tokens_total", model_name=MODEL)
-    ran_to_length_before = metric(root, "vllm:request_success_total", model_name=MODEL,
-                                  finished_reason="length")
-    body = chat_body(MODEL, max_tokens=max_tokens, ignore_eos=True, stream=True)
-    with httpx.stream("POST", f"{colocated}/chat/completions", json=body, timeout=60) as reply:
-        assert reply.status_code == 200
-        lines = reply.iter_lines()
-        for _ in range(4):  # the role chunk and the first token (both sent at once)
-            next(lines)
-    deadline = time.monotonic() + 60
-    while metric(root, "vllm:num_requests_running", model_name=MODEL) > 0:
-        assert time.monotonic() < deadline, "request still running 60 s after disconnect"
-        time.sleep(0.2)
-    assert metric(root, "vllm:request_success_total", model_name=MODEL,
-                  finished_reason="length") == ran_to_length_before
-    generated = metric(root, "vllm:generation_tokens_total", model_name=MODEL)
-    assert generated - generated_before < max_tokens * 0.75
+    assert_disconnect_aborts(colocated, MODEL, max_tokens=448)

@@ -14,7 +14,7 @@ import time
 import httpx
 import psutil
 import pytest
-from helpers import chat_body, metric
+from helpers import assert_disconnect_aborts, chat_body
 
 pytestmark = pytest.mark.server
 TIGHT = "zoo-s-tight"
@@ -40,31 +40,7 @@ def test_client_disconnect_aborts_the_generation(server) -> None:
     model = "zoo-s"
     models = httpx.get(f"{server.base_url}/models").json()["data"]
     context = next(m["max_model_len"] for m in models if m["id"] == model)
-    max_tokens = context - 64
-    generated_before = metric(server.root_url, "vllm:generation_tokens_total", model_name=model)
-    ran_to_length_before = metric(server.root_url, "vllm:request_success_total",
-                                  model_name=model, finished_reason="length")
-    body = chat_body(model, max_tokens=max_tokens, ignore_eos=True, stream=True)
-    with httpx.stream("POST", f"{server.base_url}/chat/completions", json=body,
-                      timeout=60) as reply:
-        assert reply.status_code == 200
-        lines = reply.iter_lines()
-        for _ in range(4):  # the role chunk and the first token (both sent at once)
-            next(lines)
-    # Closing the stream is the disconnect: the engine must drop the request, not run it
-    # to the end. Once nothing is running, count what it generated.
-    deadline = time.monotonic() + 60
-    while metric(server.root_url, "vllm:num_requests_running", model_name=model) > 0:
-        assert time.monotonic() < deadline, "request still running 60 s after disconnect"
-        time.sleep(0.2)
-    generated = metric(server.root_url, "vllm:generation_tokens_total", model_name=model)
-    # Aborted, not finished: it never reached max_tokens (vLLM counts no abort in
-    # request_success), and it stopped well short of it. How far it got depends on how
-    # loaded the machine is (hundreds of tokens under a busy CI run), not on frugal.
-    ran_to_length = metric(server.root_url, "vllm:request_success_total",
-                           model_name=model, finished_reason="length")
-    assert ran_to_length == ran_to_length_before
-    assert generated - generated_before < max_tokens * 0.75
+    assert_disconnect_aborts(server.base_url, model, max_tokens=context - 64)
 
 
 def _engine_core_of(deployment: str) -> psutil.Process:

@@ -94,7 +94,7 @@ def _config(tmp_path, **gateway) -> FrugalConfig:
 
 def test_colocated_gateway_takes_the_models_replicas_and_both_resources(tmp_path) -> None:
     config = _config(tmp_path, colocated_model="m")
-    deployment = colocated_gateway_deployment(config)
+    deployment = colocated_gateway_deployment(config, "m")
     assert deployment.autoscaling_config is not None
     assert deployment.autoscaling_config.max_replicas == 3
     assert deployment.ray_actor_options.num_cpus == 1.5
