@@ -263,18 +263,22 @@ def route_command(
     url = _base_url(config, base_url)
     results_path = results_file or out.with_suffix(".results.json")
     saved = None
-    reused = False
-    if reuse_results and results_path.exists():
-        saved = RouteResults.model_validate_json(results_path.read_text())
-        if not saved.matches(seed, per_cell, router.candidates):
-            console.print(f"[yellow]{results_path} is another workload: asking the models[/yellow]")
-            saved = None
-        else:
-            reused = True
+    if reuse_results:
+        saved = RouteResults.load_matching(results_path, seed, per_cell, router.candidates)
+        if saved is None:
+            console.print(f"[yellow]no saved answers for this workload in {results_path}: "
+                          "asking the models[/yellow]")
+    reused = saved is not None
     if saved is None:
         scores = asyncio.run(
             _score_all(url, router.candidates, items, concurrency, False, False)
         )
+        unreachable = [m for m, score in scores.items() if score.errors == len(items)]
+        if unreachable:  # a report of all-wrong answers would be a silent lie
+            first = next(r.error for r in scores[unreachable[0]].results if r.error)
+            console.print(f"[red]every request to {', '.join(unreachable)} failed at {url} "
+                          f"(first: {first}); nothing written[/red]")
+            raise typer.Exit(1)
         saved = RouteResults(
             seed=seed, per_cell=per_cell, models={m: s.results for m, s in scores.items()}
         )

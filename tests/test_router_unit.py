@@ -399,3 +399,21 @@ def test_checkpoint_params_reads_safetensors_headers(tmp_path: Path) -> None:
     save_file({"a": np.zeros((3, 4), np.float32), "b": np.zeros(5, np.float32)},
               str(tmp_path / "model.safetensors"))
     assert checkpoint_params(str(tmp_path)) == 17
+
+
+def test_route_bench_refuses_to_report_an_unreachable_endpoint(tmp_path: Path) -> None:
+    """With the endpoint down every answer would count as wrong: `frugal bench route`
+    must say so and write nothing (no report, no saved answers), not print a table."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    out = tmp_path / "route.json"
+    result = CliRunner().invoke(app, [
+        "route", "--config", str(Path(__file__).parents[1] / "deployments" / "local.yaml"),
+        "--seed", "1000000124",
+        "--per-cell", "1", "--out", str(out), "--base-url", "http://127.0.0.1:1/v1",
+    ])
+    assert result.exit_code == 1, result.output
+    assert "failed" in result.output and "nothing written" in result.output
+    assert list(tmp_path.iterdir()) == []
