@@ -38,7 +38,8 @@ def free_port() -> int:
 
 
 def session_pids(session_id: int) -> list[int]:
-    """Processes in a session: the server and everything it spawned, whatever group."""
+    """Live processes in a session: the server and everything it spawned, whatever
+    group."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -49,7 +50,8 @@ def session_pids(session_id: int) -> list[int]:
             continue
         # Fields after the parenthesised command: state ppid pgrp session ...
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == session_id:
+        # A zombie has already exited (its parent has not reaped it yet): not running.
+        if int(fields[3]) == session_id and fields[0] != "Z":
             pids.append(int(entry.name))
     return pids
 

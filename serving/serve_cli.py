@@ -55,6 +55,12 @@ def _fast_ingress(port: int) -> int:
         return port
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", str(port))
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", str(port + 16))
+    # Ray keeps a direct-ingress replica draining for 30 s on shutdown so that a load
+    # balancer can take it out of rotation; a local server has none in front of it, and
+    # the wait only made Ctrl-C / SIGTERM take 30-60 s (the controller then gave up and
+    # force-killed the gateway). In-flight requests still finish: that is
+    # graceful_shutdown_timeout_s, not this.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -10,6 +10,9 @@ concurrency, metrics, and a disconnect that aborts the generation.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -131,3 +134,19 @@ def test_concurrent_requests_all_answered_and_counted(colocated: str) -> None:
 
 def test_client_disconnect_aborts_the_generation(colocated: str) -> None:
     assert_disconnect_aborts(colocated, MODEL, max_tokens=448)
+
+
+def test_sigterm_stops_the_server_and_its_engine_within_seconds(running: Running) -> None:
+    """Last in the module: stopping must not hang on Ray's load-balancer drain (30 s) nor
+    leave the engine behind; Kubernetes SIGKILLs a pod that takes over 30 s."""
+    os.kill(running.session_id, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while (left := session_pids(running.session_id)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    names = []
+    for pid in left:
+        try:
+            names.append(" ".join(psutil.Process(pid).cmdline())[:80])
+        except psutil.Error:
+            continue
+    assert not names, f"still running 20 s after SIGTERM: {names}"
