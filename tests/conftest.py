@@ -10,20 +10,12 @@ shares this one. It serves the demo zoo's smallest model twice over:
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 SERVER_START_TIMEOUT_S = 900
 
 
@@ -40,17 +32,11 @@ def zoo_model_path(name: str) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_config(port: int, model_path: Path) -> dict:
+def server_config(model_path: Path) -> dict:
+    """The session server's deployments YAML (`frugal_server` fills in http_options)."""
     engine = {"dtype": "bfloat16", "enforce_eager": True}
     env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}
     return {
-        "http_options": {"host": "127.0.0.1", "port": port},
         "ray": {"num_cpus": 8},
         "gateway": {"deployment_config": {"num_replicas": 2, "max_ongoing_requests": 1024}},
         # The tight model doubles as the expensive baseline of the cost account.
@@ -92,61 +78,30 @@ def server_config(port: int, model_path: Path) -> dict:
 
 
 class ServerHandle:
-    def __init__(self, base_url: str, process: subprocess.Popen, log_path: Path) -> None:
+    def __init__(self, base_url: str, log_path: Path) -> None:
         self.base_url = base_url  # ends in /v1
         self.root_url = base_url.removesuffix("/v1")
-        self.process = process
         self.log_path = log_path
 
 
-def _stop_ray() -> None:
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+def start_failure(log_dir: Path, error: Exception) -> str:
+    """What a fixture reports when its server never came up: the error and the log's
+    tail (CI shows nothing else)."""
+    tails = [p.read_text()[-4000:] for p in sorted(log_dir.glob("*.log"))]
+    return f"{error}\n" + "\n".join(tails)
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    from bench.servers import frugal_server
+
     workdir = tmp_path_factory.mktemp("server")
-    port = free_port()
-    config_path = workdir / "frugal.yaml"
-    config_path.write_text(yaml.safe_dump(server_config(port, zoo_model_path("zoo-s"))))
-    log_path = workdir / "server.log"
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [str(BIN / "frugal"), "serve", str(config_path)],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    ready: list[str] = []
-
-    def watch() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            log.flush()
-            if line.startswith("READY "):
-                ready.append(line.split()[1])
-
-    threading.Thread(target=watch, daemon=True).start()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not ready:
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            _stop_ray()
-            tail = log_path.read_text()[-4000:]
-            pytest.fail(f"frugal serve did not become ready:\n{tail}")
-        time.sleep(1)
     try:
-        yield ServerHandle(ready[0], process, log_path)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # a clean shutdown also stops its local Ray
-            os.killpg(process.pid, signal.SIGKILL)
-            _stop_ray()
+        with frugal_server(server_config(zoo_model_path("zoo-s")), log_dir=workdir,
+                           timeout_s=SERVER_START_TIMEOUT_S) as running:
+            yield ServerHandle(running.url, running.log)
+    except RuntimeError as exc:  # not ready: fail every test that needs it, with the log
+        pytest.fail(start_failure(workdir, exc))
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,10 @@ MODEL = "zoo-s"
 
 
 def hard_item():
-    return generate_items("arithmetic", 3, 1, seed=1_000_000_123)[0]
+    """An item zoo-s is trained to think about, with a scratchpad (11 tokens) longer than
+    the budgets below. A 3-digit sum was used before: zoo-s never saw one, and whether it
+    opened its scratchpad or closed it at once flipped between runs."""
+    return generate_items("reverse", 4, 1, seed=1_000_000_123)[0]
 
 
 # --- lever 2: reasoning control ----------------------------------------------------

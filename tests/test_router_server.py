@@ -7,17 +7,13 @@ set to 0.5 here so that a hard item forced onto zoo-s (a tiny quality target) es
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import yaml
-from conftest import BIN, REPO, free_port, zoo_model_path
+from conftest import REPO, start_failure, zoo_model_path
+
+from bench.servers import frugal_server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -30,7 +26,7 @@ HELD_OUT_SEED = 1_000_000_456  # an eval seed the shipped predictor was not trai
 PRICES = {"zoo-s": 0.01, "zoo-m": 0.04, "zoo-l": 0.08}
 
 
-def _config(port: int) -> dict:
+def _config() -> dict:
     engine = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 1024}
     models = [
         {
@@ -43,7 +39,6 @@ def _config(port: int) -> dict:
         for name, p in PRICES.items()
     ]
     return {
-        "http_options": {"host": "127.0.0.1", "port": port},
         "ray": {"num_cpus": 8},
         "cost": {"node_usd_per_hour": 0.10},
         "router": {
@@ -67,41 +62,17 @@ def auto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if untrained:
         pytest.skip(f"{', '.join(untrained)} not trained yet: `frugal zoo build` (docs/zoo.md)")
     workdir = tmp_path_factory.mktemp("auto")
-    path = workdir / "frugal.yaml"
-    path.write_text(yaml.safe_dump(_config(free_port())))
-    log = (workdir / "server.log").open("w")
-    process = subprocess.Popen(
-        [str(BIN / "frugal"), "serve", str(path)], stdout=subprocess.PIPE, stderr=log,
-        text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    ready: list[str] = []
-
-    def watch() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith("READY "):
-                ready.append(line.split()[1])
-
-    threading.Thread(target=watch, daemon=True).start()
-    deadline = time.monotonic() + 900
-    while not ready:
-        if process.poll() is not None or time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail("frugal serve did not become ready: " + str(workdir / "server.log"))
-        time.sleep(1)
     try:
-        probe = httpx.post(f"{ready[0]}/chat/completions", timeout=120, json={
-            "model": "auto", "messages": [{"role": "user", "content": "Reverse the word ab."}],
-        })
-        if probe.status_code == 404:
-            pytest.skip("the gateway does not route model='auto' yet")
-        yield ready[0]
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        with frugal_server(_config(), log_dir=workdir, timeout_s=900) as running:
+            probe = httpx.post(f"{running.url}/chat/completions", timeout=120, json={
+                "model": "auto",
+                "messages": [{"role": "user", "content": "Reverse the word ab."}],
+            })
+            if probe.status_code == 404:
+                pytest.skip("the gateway does not route model='auto' yet")
+            yield running.url
+    except RuntimeError as exc:  # not ready
+        pytest.fail(start_failure(workdir, exc))
 
 
 @pytest.fixture(scope="module")
