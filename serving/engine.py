@@ -134,7 +134,7 @@ class ModelEngine:
 
     @classmethod
     async def start(cls, model: ModelConfig) -> ModelEngine:
-        engine = cls.__new__(cls)
+        engine = cls()
         await engine._start(model)
         return engine
 

@@ -9,11 +9,16 @@ shares this one. It serves the demo zoo's smallest model twice over:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from bench.servers import Running
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 900
@@ -84,24 +89,28 @@ class ServerHandle:
         self.log_path = log_path
 
 
-def start_failure(log_dir: Path, error: Exception) -> str:
-    """What a fixture reports when its server never came up: the error and the log's
-    tail (CI shows nothing else)."""
-    tails = [p.read_text()[-4000:] for p in sorted(log_dir.glob("*.log"))]
-    return f"{error}\n" + "\n".join(tails)
+@contextlib.contextmanager
+def started_server(config: dict, log_dir: Path,
+                   timeout_s: float = SERVER_START_TIMEOUT_S) -> Iterator[Running]:
+    """`bench.servers.frugal_server` for a fixture: a server that never comes up fails
+    the tests with its log's tail (CI shows nothing else); it is stopped either way."""
+    from bench.servers import frugal_server
+
+    with contextlib.ExitStack() as stack:
+        try:
+            running = stack.enter_context(
+                frugal_server(config, log_dir=log_dir, timeout_s=timeout_s))
+        except RuntimeError as exc:
+            tails = [p.read_text()[-4000:] for p in sorted(log_dir.glob("*.log"))]
+            pytest.fail(f"{exc}\n" + "\n".join(tails))
+        yield running
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    from bench.servers import frugal_server
-
     workdir = tmp_path_factory.mktemp("server")
-    try:
-        with frugal_server(server_config(zoo_model_path("zoo-s")), log_dir=workdir,
-                           timeout_s=SERVER_START_TIMEOUT_S) as running:
-            yield ServerHandle(running.url, running.log)
-    except RuntimeError as exc:  # not ready: fail every test that needs it, with the log
-        pytest.fail(start_failure(workdir, exc))
+    with started_server(server_config(zoo_model_path("zoo-s")), workdir) as running:
+        yield ServerHandle(running.url, running.log)
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 import httpx
 import psutil
 import pytest
-from conftest import zoo_model_path
+from conftest import started_server, zoo_model_path
 from helpers import assert_disconnect_aborts, chat_body, metric
 
-from bench.servers import Running, frugal_server, session_pids
+from bench.servers import Running, session_pids
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 MODEL = "zoo-s"
@@ -41,8 +41,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
         }],
     }
-    with frugal_server(config, log_dir=tmp_path_factory.mktemp("colocated"),
-                       timeout_s=900) as server:
+    with started_server(config, tmp_path_factory.mktemp("colocated"), 900) as server:
         yield server
 
 

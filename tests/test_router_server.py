@@ -11,9 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import REPO, start_failure, zoo_model_path
-
-from bench.servers import frugal_server
+from conftest import REPO, started_server, zoo_model_path
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -61,18 +59,8 @@ def auto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     untrained = [n for n in ("zoo-m", "zoo-l") if not (zoo / n / "config.json").exists()]
     if untrained:
         pytest.skip(f"{', '.join(untrained)} not trained yet: `frugal zoo build` (docs/zoo.md)")
-    workdir = tmp_path_factory.mktemp("auto")
-    try:
-        with frugal_server(_config(), log_dir=workdir, timeout_s=900) as running:
-            probe = httpx.post(f"{running.url}/chat/completions", timeout=120, json={
-                "model": "auto",
-                "messages": [{"role": "user", "content": "Reverse the word ab."}],
-            })
-            if probe.status_code == 404:
-                pytest.skip("the gateway does not route model='auto' yet")
-            yield running.url
-    except RuntimeError as exc:  # not ready
-        pytest.fail(start_failure(workdir, exc))
+    with started_server(_config(), tmp_path_factory.mktemp("auto"), 900) as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")
