@@ -64,3 +64,52 @@ def test_default_zoo_dir(monkeypatch, tmp_path: Path) -> None:
     assert default_zoo_dir() == tmp_path
     monkeypatch.delenv("FRUGAL_ZOO_DIR")
     assert default_zoo_dir() == Path(__file__).resolve().parents[1] / "zoo"
+
+
+def test_side_by_side_only_builds_keep_each_others_records(tmp_path: Path, monkeypatch) -> None:
+    """`--only a` and `--only b` running at once: the one that finishes last must not write
+    back the manifest it read at start, which lacks the other's record."""
+    import serving.zoo.build as build
+
+    specs = {"a": TINY["tiny"], "b": TINY["tiny"].model_copy(update={"seed": 2})}
+    real_build_model = build.build_model
+
+    def build_b_meanwhile(cfg, out_dir, *args, **kwargs):
+        if out_dir.name == "a":  # "b" is built and recorded while "a" trains
+            assert build_zoo(tmp_path, specs=specs, only=["b"], progress=False) == {"b": "built"}
+        return real_build_model(cfg, out_dir, *args, **kwargs)
+
+    monkeypatch.setattr(build, "build_model", build_b_meanwhile)
+    assert build_zoo(tmp_path, specs=specs, only=["a"], progress=False) == {"a": "built"}
+    assert set(read_manifest(tmp_path).models) == {"a", "b"}
+    monkeypatch.setattr(build, "build_model", real_build_model)
+    assert build_zoo(tmp_path, specs=specs, progress=False) == {"a": "cached", "b": "cached"}
+
+
+def test_cards_cli_measures_a_served_model_and_caches_it(tmp_path: Path) -> None:
+    """`frugal zoo cards --json` through vLLM on the shipped zoo-s (one item per cell)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+    from serving.zoo.tasks import DIFFICULTIES, FAMILIES
+    from tests.conftest import zoo_model_path
+
+    shutil.copytree(zoo_model_path("zoo-s"), tmp_path / "zoo-s")
+    args = ["zoo", "cards", "--zoo-dir", str(tmp_path), "--n", "2"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    [card] = json.loads(result.stdout)
+    assert card["name"] == "zoo-s" and card["max_model_len"] == 1024
+    assert 300_000 < card["params"] < 400_000 and card["bytes"] > 2 * card["params"]
+    for key in ("accuracy", "accuracy_think"):
+        assert set(card[key]) == set(FAMILIES)
+        for family in FAMILIES:
+            assert set(card[key][family]) == {str(d) for d in DIFFICULTIES[family]}
+    # zoo-s answers the easiest sums (1.00 on 30 items in its card): measured, not assumed.
+    assert card["accuracy"]["arithmetic"]["1"] == 1.0
+    # Cached per (weights, n, seed): the table comes back without evaluating again.
+    table = CliRunner().invoke(app, args)
+    assert table.exit_code == 0 and "evaluating" not in table.output
+    assert "| model | params | MB | ctx | think | sum 1 |" in table.stdout

@@ -58,7 +58,7 @@ def test_arithmetic_answers_are_sums() -> None:
             assert item.expected == str(sum(numbers))
 
 
-def test_reverse_and_recall_answers() -> None:
+def test_reverse_and_ranking_answers() -> None:
     for item in generate_items("reverse", 6, 20, seed=1):
         word = [
             w
@@ -66,15 +66,16 @@ def test_reverse_and_recall_answers() -> None:
             if len(w) == 6 and w.islower()
         ][-1]
         assert item.expected == word[::-1]
-    for item in generate_items("recall", 8, 20, seed=1):
+    for item in generate_items("ranking", 8, 20, seed=1):
         content = item.messages[-1]["content"]
-        # Records are "v K" lines: a one-letter code, then the key it belongs to.
+        # Records are "N 42" lines: a one-letter name, then a two-digit score.
         pairs = [line.split() for line in content.splitlines()]
-        records = {p[1]: p[0] for p in pairs if len(p) == 2 and p[0].islower() and p[1].isupper()}
-        assert len(records) == 8
-        question = content.splitlines()[-1].rstrip("?.").split()
-        asked = [k for k in records if k in question]
-        assert len(asked) == 1 and records[asked[0]] == item.expected
+        scores = {
+            p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[0].isupper() and p[1].isdigit()
+        }
+        assert len(scores) == 8 and all(10 <= v <= 99 for v in scores.values())
+        assert item.expected == max(scores, key=scores.__getitem__)
+        assert item.scratchpad == f"{item.expected} {scores[item.expected]}"
 
 
 def test_several_phrasings_and_optional_system_prompt() -> None:
@@ -155,7 +156,7 @@ def test_tokenizer_think_tokens_and_chat_template() -> None:
     assert tok.encode("</think>", add_special_tokens=False) == [think_close]
     # Not special: they survive skip_special_tokens, so reasoning parsers can see them.
     assert tok.decode([think_open, think_close], skip_special_tokens=True) == "<think></think>"
-    item = generate_items("recall", 4, 1, seed=2, system_prompt=True)[0]
+    item = generate_items("ranking", 4, 1, seed=2, system_prompt=True)[0]
     off = tok.apply_chat_template(item.messages, tokenize=False, add_generation_prompt=True)
     on = tok.apply_chat_template(
         item.messages, tokenize=False, add_generation_prompt=True, enable_thinking=True

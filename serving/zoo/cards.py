@@ -129,10 +129,15 @@ def zoo_cards(zoo_dir: Path, n: int, seed: int = EVAL_SEED, on_model=None) -> li
     return cards
 
 
+# Column labels: "sum 3" reads better than "arith 3" in a 14-column table.
+SHORT_NAMES = {"arithmetic": "sum", "reverse": "rev", "ranking": "rank"}
+
+
 def markdown_table(cards: list[Card]) -> str:
     """The card table for docs/zoo.md and the README: one row per model and mode."""
     cells = [(f, d) for f in FAMILIES for d in DIFFICULTIES[f]]
-    head = "| model | params | MB | ctx | think | " + " | ".join(f"{f[:5]} {d}" for f, d in cells)
+    labels = [f"{SHORT_NAMES.get(f, f[:5])} {d}" for f, d in cells]
+    head = "| model | params | MB | ctx | think | " + " | ".join(labels)
     lines = [head + " |", "|" + "---|" * (5 + len(cells))]
     for card in cards:
         for think, acc in (("off", card.accuracy), ("on", card.accuracy_think)):

@@ -5,9 +5,10 @@ quantization calibration and tests. Three families, each with difficulty levels:
 
 - `arithmetic`: add two numbers of `difficulty` digits each ("What is 4567 + 1234?").
 - `reverse`: reverse a lowercase word of `difficulty` letters.
-- `recall`: a list of `difficulty` records (a one-letter code and the capital letter it
-  belongs to), then a question about one key. The long context is what makes prompt
-  caching and compaction matter.
+- `ranking`: a list of `difficulty` records (a name and its two-digit score), then a
+  question: whose score is highest. The answer depends on every record of a long context,
+  which is what makes prompt caching and compaction matter. (It replaced key-value recall:
+  a content-addressed lookup is not learned at these model sizes, docs/zoo.md.)
 
 Items are chat messages in plain language (several phrasings per family, an optional fixed
 system prompt). The expected answer is the exact text the assistant must give after any
@@ -31,11 +32,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-FAMILIES: tuple[str, ...] = ("arithmetic", "reverse", "recall")
+FAMILIES: tuple[str, ...] = ("arithmetic", "reverse", "ranking")
 DIFFICULTIES: dict[str, tuple[int, ...]] = {
     "arithmetic": (1, 2, 3),  # digits per operand
     "reverse": (2, 4, 6),  # letters
-    "recall": (2, 4, 8),  # key=value records in the context
+    "ranking": (2, 4, 8),  # scored records in the context
 }
 TRAIN_SEEDS = range(0, 1_000_000)
 EVAL_SEED_MIN = 1_000_000_000
@@ -43,9 +44,9 @@ EVAL_SEED = 1_000_000_007
 SYSTEM_PROMPT = "Reply with the answer only."
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-# Recall keys are single capital letters (one token each), so that the hard part is
-# finding one record among many, not matching multi-token keys.
-KEY_LETTERS = string.ascii_uppercase
+# Ranking names are single capital letters (one token each): the hard part is comparing
+# many two-digit scores, not copying a long name.
+NAME_LETTERS = string.ascii_uppercase
 
 PHRASINGS: dict[str, tuple[str, ...]] = {
     "arithmetic": (
@@ -61,11 +62,11 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
         "What is {w} spelled in reverse?",
         "Reverse this string: {w}",
     ),
-    "recall": (
-        "Here are some codes:\n{records}\nWhat is the code for {k}?",
-        "Remember these values.\n{records}\nWhich value does {k} have?",
-        "{records}\nLook up {k}.",
-        "Records:\n{records}\nWhat is {k}?",
+    "ranking": (
+        "Here are the scores:\n{records}\nWho has the highest score?",
+        "Scores:\n{records}\nWhich player scored best?",
+        "{records}\nWho won?",
+        "Results:\n{records}\nName the top scorer.",
     ),
 }
 
@@ -103,24 +104,21 @@ def _reverse(rng: random.Random, length: int) -> tuple[dict[str, str], str, str]
     return {"w": word}, word[::-1], scratch
 
 
-def _recall(rng: random.Random, pairs: int) -> tuple[dict[str, str], str, str]:
-    keys = rng.sample(KEY_LETTERS, pairs)
-    values = [rng.choice(string.ascii_lowercase) for _ in keys]
-    asked = rng.randrange(pairs)
-    # Each record is "VALUE KEY": a one-letter code, then the capital letter it belongs to.
-    # Value-first is what two attention layers can look up (gather the value into the key's
-    # position, then match keys); with "KEY=VALUE" the zoo learned the key but mixed the
-    # digits of all records (docs/zoo.md).
-    records = "\n".join(f"{v} {k}" for k, v in zip(keys, values, strict=True))
-    # Scratchpad: the matching record, restated.
-    scratch = f"{values[asked]} {keys[asked]}"
-    return {"records": records, "k": keys[asked]}, values[asked], scratch
+def _ranking(rng: random.Random, players: int) -> tuple[dict[str, str], str, str]:
+    names = rng.sample(NAME_LETTERS, players)
+    scores = rng.sample(range(10, 100), players)  # distinct, so the winner is unique
+    best = max(range(players), key=scores.__getitem__)
+    records = "\n".join(f"{n} {s}" for n, s in zip(names, scores, strict=True))
+    # Scratchpad: the winning record, restated. Picking the maximum is one attention step
+    # the models either make or not; no written-out step made it easier (docs/zoo.md).
+    scratch = f"{names[best]} {scores[best]}"
+    return {"records": records}, names[best], scratch
 
 
 _GENERATORS: dict[str, Callable[[random.Random, int], tuple[dict[str, str], str, str]]] = {
     "arithmetic": _arithmetic,
     "reverse": _reverse,
-    "recall": _recall,
+    "ranking": _ranking,
 }
 
 

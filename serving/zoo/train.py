@@ -69,9 +69,9 @@ class TrainConfig(BaseModel):
     p_think: float = 0.45
     p_cut_think: float = 0.1
     p_system: float = 0.2
-    # Relative sampling weight of each family (recall needs the most examples to learn).
+    # Relative sampling weight of each family.
     family_weights: dict[str, float] = Field(
-        default_factory=lambda: {"arithmetic": 0.3, "reverse": 0.3, "recall": 0.4}
+        default_factory=lambda: {"arithmetic": 0.35, "reverse": 0.35, "ranking": 0.3}
     )
     # Share of examples that ask for a JSON answer (see `tasks.as_json_request`).
     p_json: float = 0.08
