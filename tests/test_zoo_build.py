@@ -86,15 +86,16 @@ def test_side_by_side_only_builds_keep_each_others_records(tmp_path: Path, monke
     assert build_zoo(tmp_path, specs=specs, progress=False) == {"a": "cached", "b": "cached"}
 
 
+@pytest.mark.slow
 def test_cards_cli_measures_a_served_model_and_caches_it(tmp_path: Path) -> None:
-    """`frugal zoo cards --json` through vLLM on the shipped zoo-s (one item per cell)."""
+    """`frugal zoo cards --json` through vLLM on the shipped zoo-s (two items per cell)."""
     import shutil
 
+    from conftest import zoo_model_path
     from typer.testing import CliRunner
 
     from serving.cli import app
     from serving.zoo.tasks import DIFFICULTIES, FAMILIES
-    from tests.conftest import zoo_model_path
 
     shutil.copytree(zoo_model_path("zoo-s"), tmp_path / "zoo-s")
     args = ["zoo", "cards", "--zoo-dir", str(tmp_path), "--n", "2"]

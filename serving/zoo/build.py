@@ -26,7 +26,7 @@ MANIFEST_VERSION = 1
 
 # The ladder. Each model is trained up to its own hardest levels: a small model has less
 # capacity *and* less training, which is what makes "smallest adequate model" a real choice.
-# The weights ship in zoo/ (a rebuild takes about 50 minutes on 2 cores, docs/zoo.md).
+# The weights ship in zoo/ (a rebuild takes about an hour on 2 cores, docs/zoo.md).
 SPECS: dict[str, TrainConfig] = {
     "zoo-s": TrainConfig(
         shape="zoo-s",
