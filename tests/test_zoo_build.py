@@ -34,6 +34,31 @@ def test_tiny_build_is_deterministic_and_cached(tmp_path: Path) -> None:
     assert hash_dir(first / "tiny") != hash_dir(second / "tiny")
 
 
+def test_a_task_change_rebuilds_only_the_models_that_train_on_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The manifest fingerprints each model's training data: editing a level outside a
+    model's curriculum keeps it cached, editing one inside rebuilds it."""
+    import serving.zoo.tasks as tasks
+
+    narrow = TINY["tiny"].model_copy(
+        update={"max_difficulty": {"arithmetic": 1, "reverse": 2, "ranking": 2}}
+    )
+    specs = {"narrow": narrow, "wide": TINY["tiny"]}
+    assert build_zoo(tmp_path, specs=specs, progress=False) == {"narrow": "built", "wide": "built"}
+    ranking = tasks._GENERATORS["ranking"]
+
+    def eight_players_all_named_z(rng, players, **options):
+        fields, expected, scratch = ranking(rng, players, **options)
+        return (fields, "Z", scratch) if players == 8 else (fields, expected, scratch)
+
+    monkeypatch.setitem(tasks._GENERATORS, "ranking", eight_players_all_named_z)
+    assert build_zoo(tmp_path, specs=specs, progress=False) == {
+        "narrow": "cached",
+        "wide": "built",
+    }
+
+
 def test_only_rejects_unknown_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown zoo model"):
         build_zoo(tmp_path, specs=TINY, only=["zoo-xl"], progress=False)

@@ -76,6 +76,26 @@ def test_reverse_and_ranking_answers() -> None:
         assert len(scores) == 8 and all(10 <= v <= 99 for v in scores.values())
         assert item.expected == max(scores, key=scores.__getitem__)
         assert item.scratchpad == f"{item.expected} {scores[item.expected]}"
+        # A photo finish: the top four are consecutive within one tens decade, the rest
+        # lower, so the tens digit alone leaves four candidates.
+        top = sorted(scores.values(), reverse=True)
+        assert top[:4] == list(range(top[0], top[0] - 4, -1)) and top[0] // 10 == top[3] // 10
+        assert top[4] // 10 < top[0] // 10
+
+
+def test_fewer_players_keep_random_scores() -> None:
+    """2 and 4 players: distinct random scores (the items zoo-s and zoo-m were trained
+    on); their winner usually has a tens digit of its own."""
+    for players in (2, 4):
+        items = generate_items("ranking", players, 200, seed=3)
+        tens_decides = 0
+        for item in items:
+            content = item.messages[-1]["content"]
+            scores = [int(w) for w in content.split() if w.isdigit()]
+            assert len(set(scores)) == players
+            top = max(scores) // 10
+            tens_decides += sum(s // 10 == top for s in scores) == 1
+        assert tens_decides > 0.6 * len(items)
 
 
 def test_several_phrasings_and_optional_system_prompt() -> None:
@@ -203,3 +223,20 @@ def test_training_keeps_multi_digit_sums_off_the_direct_path() -> None:
     texts = ["".join(VOCAB[t] for t in ids) for ids, _ in batch]
     assert any(tasks.JSON_INSTRUCTION.strip() in t for t in texts)
     assert all(any(label != IGNORE for label in labels) for _, labels in batch)
+
+
+def test_open_finish_is_a_training_variant_with_random_scores() -> None:
+    """`close_finish=False` draws 8 players with random distinct scores (what teaches
+    "prefer the highest"); the evaluation level stays the photo finish."""
+    def photo_finish(item: TaskItem) -> bool:
+        content = item.messages[-1]["content"]
+        top = sorted((int(w) for w in content.split() if w.isdigit()), reverse=True)
+        return top[:4] == list(range(top[0], top[0] - 4, -1))
+
+    close = generate_items("ranking", 8, 50, seed=4)
+    open_ = generate_items("ranking", 8, 50, seed=4, close_finish=False)
+    assert all(photo_finish(item) for item in close)
+    assert sum(photo_finish(item) for item in open_) < 5
+    assert generate_items("ranking", 2, 20, seed=4, close_finish=False) == generate_items(
+        "ranking", 2, 20, seed=4
+    )

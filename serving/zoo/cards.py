@@ -5,7 +5,8 @@ own chat template, greedy decoding, thinking off (`accuracy`) and on (`accuracy_
 chat_template_kwargs enable_thinking=True), on held-out items (`EVAL_SEED` by default).
 Each model is evaluated in a child process (`python -m serving.zoo.cards ...`) because
 vLLM spawns workers and keeps global state; one engine per process is what it expects.
-Results are cached in `<zoo>/CARDS.json`, keyed by the model's weight hash, n and seed.
+Results are cached in `<zoo>/CARDS.json`, keyed by the model's weight hash, a hash of the
+items themselves (an edited task generator is measured anew), n and seed.
 """
 
 from __future__ import annotations
@@ -105,9 +106,17 @@ def _count_params(model_dir: Path) -> int:
     return total
 
 
+def _suite_key(n: int, seed: int) -> str:
+    import hashlib
+
+    items = json.dumps([item.model_dump() for item in mixed_suite(n, seed)])
+    return hashlib.sha256(items.encode()).hexdigest()[:16]
+
+
 def zoo_cards(zoo_dir: Path, n: int, seed: int = EVAL_SEED, on_model=None) -> list[Card]:
-    """Cards for every model in the zoo directory, cached per (weights, n, seed)."""
+    """Cards for every model in the zoo directory, cached per (weights, items, n, seed)."""
     cache_path = zoo_dir / CARDS_CACHE
+    suite = _suite_key(n, seed)
     cache: dict[str, dict] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     cards = []
     model_dirs = sorted(
@@ -115,7 +124,7 @@ def zoo_cards(zoo_dir: Path, n: int, seed: int = EVAL_SEED, on_model=None) -> li
         key=lambda p: _count_params(p),
     )
     for model_dir in model_dirs:
-        key = f"{model_dir.name}/{_weights_key(model_dir)}/{n}/{seed}"
+        key = f"{model_dir.name}/{_weights_key(model_dir)}/{suite}/{n}/{seed}"
         if key in cache:
             card = Card.model_validate(cache[key])
         else:

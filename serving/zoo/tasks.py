@@ -6,9 +6,11 @@ quantization calibration and tests. Three families, each with difficulty levels:
 - `arithmetic`: add two numbers of `difficulty` digits each ("What is 4567 + 1234?").
 - `reverse`: reverse a lowercase word of `difficulty` letters.
 - `ranking`: a list of `difficulty` records (a name and its two-digit score), then a
-  question: whose score is highest. The answer depends on every record of a long context,
-  which is what makes prompt caching and compaction matter. (It replaced key-value recall:
-  a content-addressed lookup is not learned at these model sizes, docs/zoo.md.)
+  question: whose score is highest. At 8 records it is a photo finish (the top four
+  scores are consecutive), so the ones digit must be compared, not only the tens. The
+  answer depends on every record of a long context, which is what makes prompt caching
+  and compaction matter. (It replaced key-value recall: a content-addressed lookup is not
+  learned at these model sizes, docs/zoo.md.)
 
 Items are chat messages in plain language (several phrasings per family, an optional fixed
 system prompt). The expected answer is the exact text the assistant must give after any
@@ -28,6 +30,7 @@ import json
 import random
 import string
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -47,6 +50,10 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # Ranking names are single capital letters (one token each): the hard part is comparing
 # many two-digit scores, not copying a long name.
 NAME_LETTERS = string.ascii_uppercase
+# Players per level -> how many share the winner's tens digit on purpose. Random distinct
+# scores do not grade the models by count: a model that ranks 2 players by their tens
+# digit ranks 8 nearly as well (0.80, docs/zoo.md). The hardest level is a photo finish.
+CLOSE_RIVALS: dict[int, int] = {2: 0, 4: 0, 8: 3}
 
 PHRASINGS: dict[str, tuple[str, ...]] = {
     "arithmetic": (
@@ -104,9 +111,23 @@ def _reverse(rng: random.Random, length: int) -> tuple[dict[str, str], str, str]
     return {"w": word}, word[::-1], scratch
 
 
-def _ranking(rng: random.Random, players: int) -> tuple[dict[str, str], str, str]:
+def _ranking(
+    rng: random.Random, players: int, close_finish: bool = True
+) -> tuple[dict[str, str], str, str]:
     names = rng.sample(NAME_LETTERS, players)
-    scores = rng.sample(range(10, 100), players)  # distinct, so the winner is unique
+    rivals = CLOSE_RIVALS[players] if close_finish else 0
+    if rivals == 0:
+        scores = rng.sample(range(10, 100), players)  # distinct, so the winner is unique
+    else:
+        # A photo finish: the winner and `rivals` others have consecutive scores in one
+        # tens decade and the rest score lower, so only a precise comparison of the ones
+        # digit names the winner. A model that compares tens digits (all that random
+        # scores mostly need) finds it about 1 time in rivals + 1.
+        tens = rng.randint(2, 9)
+        start = rng.randint(0, 9 - rivals)
+        top = [10 * tens + ones for ones in range(start, start + rivals + 1)]
+        scores = top + rng.sample(range(10, 10 * tens), players - rivals - 1)
+        rng.shuffle(scores)
     best = max(range(players), key=scores.__getitem__)
     records = "\n".join(f"{n} {s}" for n, s in zip(names, scores, strict=True))
     # Scratchpad: the winning record, restated. Picking the maximum is one attention step
@@ -123,9 +144,17 @@ _GENERATORS: dict[str, Callable[[random.Random, int], tuple[dict[str, str], str,
 
 
 def generate_items(
-    family: str, difficulty: int, n: int, seed: int, system_prompt: bool = False
+    family: str,
+    difficulty: int,
+    n: int,
+    seed: int,
+    system_prompt: bool = False,
+    close_finish: bool = True,
 ) -> list[TaskItem]:
-    """`n` items of one family and difficulty; a pure function of its arguments."""
+    """`n` items of one family and difficulty; a pure function of its arguments.
+
+    `close_finish=False` (ranking only, for training): random scores at every level, no
+    photo finish. Not an evaluation level."""
     if family not in _GENERATORS:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     if difficulty not in DIFFICULTIES[family]:
@@ -136,7 +165,10 @@ def generate_items(
     rng = random.Random(f"{family}/{difficulty}/{seed}")
     items = []
     for i in range(n):
-        fields, expected, scratch = _GENERATORS[family](rng, difficulty)
+        generate = _GENERATORS[family]
+        if family == "ranking" and not close_finish:
+            generate = partial(generate, close_finish=False)
+        fields, expected, scratch = generate(rng, difficulty)
         prompt = rng.choice(PHRASINGS[family]).format(**fields)
         messages = [{"role": "system", "content": SYSTEM_PROMPT}] if system_prompt else []
         messages.append({"role": "user", "content": prompt})
