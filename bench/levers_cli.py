@@ -108,6 +108,18 @@ def _request_lever_tables(out: Path, name: str) -> list[str]:
     return lines
 
 
+def _cache_tables(out: Path) -> list[str]:
+    """The prompt-cache tables, from `cache.json` in `out` (one per model measured)."""
+    if not (out / "cache.json").exists():
+        return []
+    lines: list[str] = []
+    for entry in json.loads((out / "cache.json").read_text()):
+        label, chars = entry.pop("model"), entry.pop("prompt_chars")
+        lines += [f"## Prompt caching ({label}, {chars}-token shared system prompt, "
+                  "2 replicas per router)", "", _table([_Row(**entry)]), ""]
+    return lines
+
+
 class _Row(BaseModel, extra="allow"):
     """A result row read back from JSON (for the markdown table only)."""
 
@@ -164,9 +176,12 @@ def levers(
                     console.print(f"prompt caching on {run.label}...")
                     cache = asyncio.run(bench_cache(server.url, "affinity", "default",
                                                     prompt_chars=run.prompt_chars))
-                results.append({"model": run.label, **cache.model_dump()})
-                report += [f"## Prompt caching ({run.label}, {run.prompt_chars}-token shared "
-                           "system prompt, 2 replicas per router)", "", _table([cache]), ""]
+                results.append(
+                    {"model": run.label, "prompt_chars": run.prompt_chars, **cache.model_dump()}
+                )
         (out / "cache.json").write_text(json.dumps(results, indent=2) + "\n")
+    # With --skip-cache the tables come from the last cache run, as --cache-only keeps the
+    # request-lever tables.
+    report += _cache_tables(out)
     (out / "results.md").write_text("\n".join(report))
     console.print("\n".join(report))

@@ -34,3 +34,16 @@ def test_cache_only_keeps_the_earlier_request_lever_tables(tmp_path: Path) -> No
     assert lines[0].startswith("## Reasoning effort (zoo-l")
     assert "| low | 3 | 0.500 |" in "\n".join(lines)
     assert not any("Structured" in line for line in lines)  # no file, no table
+
+
+def test_skip_cache_keeps_the_earlier_cache_tables(tmp_path: Path) -> None:
+    from bench.levers_cli import _cache_tables
+
+    assert _cache_tables(tmp_path) == []  # never measured: no table
+    runs = [{"model": "zoo-l", "prompt_chars": 800, "warm_over_cold": 0.54,
+             "requests_per_router": 48}]
+    (tmp_path / "cache.json").write_text(json.dumps(runs))
+    lines = _cache_tables(tmp_path)
+    assert lines[0] == "## Prompt caching (zoo-l, 800-token shared system prompt, " \
+                       "2 replicas per router)"
+    assert "| 0.540 | 48 |" in "\n".join(lines)
