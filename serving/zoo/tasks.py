@@ -163,11 +163,11 @@ def generate_items(
         )
     # A str seed is hashed with SHA-512 by `random`: stable across runs and machines.
     rng = random.Random(f"{family}/{difficulty}/{seed}")
+    generate = _GENERATORS[family]
+    if family == "ranking" and not close_finish:
+        generate = partial(generate, close_finish=False)
     items = []
     for i in range(n):
-        generate = _GENERATORS[family]
-        if family == "ranking" and not close_finish:
-            generate = partial(generate, close_finish=False)
         fields, expected, scratch = generate(rng, difficulty)
         prompt = rng.choice(PHRASINGS[family]).format(**fields)
         messages = [{"role": "system", "content": SYSTEM_PROMPT}] if system_prompt else []
