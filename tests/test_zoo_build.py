@@ -82,6 +82,35 @@ def test_random_checkpoint_fixture_loads_with_vllm_friendly_config(tmp_path: Pat
     assert model.config.vocab_size >= len(tok)
 
 
+def test_cards_cache_keeps_other_seeds_and_drops_old_weights(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Unit test of the cards cache only (a fake `make_card`; the real measurement through
+    vLLM is `test_cards_cli_measures_a_served_model_and_caches_it`)."""
+    import serving.zoo.cards as cards
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    measured: list[tuple[int, int]] = []
+
+    def fake_card(model_dir: Path, n: int, seed: int) -> cards.Card:
+        measured.append((n, seed))
+        return cards.Card(name=model_dir.name, params=1, bytes=1, max_model_len=8,
+                          n_per_cell=n, seed=seed, accuracy={}, accuracy_think={})
+
+    monkeypatch.setattr(cards, "make_card", fake_card)
+    monkeypatch.setattr(cards, "_count_params", lambda p: 1)
+    for n, seed in ((1, 10**9 + 7), (2, 10**9 + 9), (1, 10**9 + 7), (2, 10**9 + 9)):
+        cards.zoo_cards(tmp_path, n, seed)
+    assert measured == [(1, 10**9 + 7), (2, 10**9 + 9)]  # a second seed evicts nothing
+    (model / "model.safetensors").write_bytes(b"weights v2")
+    cards.zoo_cards(tmp_path, 1, 10**9 + 7)
+    cache = json.loads((tmp_path / cards.CARDS_CACHE).read_text())
+    assert len(measured) == 3 and len(cache) == 1  # the old weights' cards are gone
+
+
 def test_default_zoo_dir(monkeypatch, tmp_path: Path) -> None:
     from serving.zoo.paths import default_zoo_dir
 

@@ -11,6 +11,7 @@ items themselves (an edited task generator is measured anew), n and seed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -107,8 +108,6 @@ def _count_params(model_dir: Path) -> int:
 
 
 def _suite_key(n: int, seed: int) -> str:
-    import hashlib
-
     items = json.dumps([item.model_dump() for item in mixed_suite(n, seed)])
     return hashlib.sha256(items.encode()).hexdigest()[:16]
 
@@ -124,14 +123,20 @@ def zoo_cards(zoo_dir: Path, n: int, seed: int = EVAL_SEED, on_model=None) -> li
         key=lambda p: _count_params(p),
     )
     for model_dir in model_dirs:
-        key = f"{model_dir.name}/{_weights_key(model_dir)}/{suite}/{n}/{seed}"
+        weights = f"{model_dir.name}/{_weights_key(model_dir)}/"
+        key = f"{weights}{suite}/{n}/{seed}"
         if key in cache:
             card = Card.model_validate(cache[key])
         else:
             if on_model is not None:
                 on_model(model_dir.name)
             card = make_card(model_dir, n, seed)
-            cache = {k: v for k, v in cache.items() if not k.startswith(model_dir.name + "/")}
+            # Cards of older weights of this model are stale; other (n, seed) of the same
+            # weights stay, so measuring a second seed does not evict the first.
+            cache = {
+                k: v for k, v in cache.items()
+                if k.startswith(weights) or not k.startswith(model_dir.name + "/")
+            }
             cache[key] = card.model_dump()
             cache_path.write_text(json.dumps(cache, indent=2, sort_keys=True) + "\n")
         cards.append(card)
