@@ -26,6 +26,7 @@ from typing import Any
 from ray import serve
 
 from serving.config import ModelConfig
+from serving.cpu_features import amx_permitted, attention_isa, feature_summary, request_amx
 
 logger = logging.getLogger("frugal.engine")
 
@@ -145,6 +146,9 @@ class ModelEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.model = model
+        # vLLM's general plugin does this in every engine process; this process (an
+        # in-process engine, or one where VLLM_PLUGINS leaves the plugin out) too.
+        request_amx()
         args = build_vllm_args(model)
         engine_args = AsyncEngineArgs.from_cli_args(args)
         self.engine = AsyncLLM.from_engine_args(engine_args)
@@ -154,7 +158,22 @@ class ModelEngine:
         self.chat_serving = state.openai_serving_chat
         self.completion_serving = state.openai_serving_completion
         self.max_model_len = self.engine.model_config.max_model_len
-        logger.info("model %s ready (pid %s)", model.model_id, os.getpid())
+        self.cpu_kernels = self._cpu_kernels()
+        logger.info("model %s ready (pid %s)%s", model.model_id, os.getpid(),
+                    f"; {self.cpu_kernels}" if self.cpu_kernels else "")
+
+    def _cpu_kernels(self) -> str:
+        """On the CPU backend, which attention kernels vLLM chose and which CPU flags it
+        had to choose from (docs/serving.md): an operator reads it in the serve log."""
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return ""
+        config = self.engine.vllm_config
+        isa = attention_isa(config.model_config.dtype, config.cache_config.block_size,
+                            config.model_config.get_head_size(), config.cache_config.cache_dtype)
+        return (f"CPU attention ISA {isa}; {feature_summary()}; AMX permitted: "
+                f"{'yes' if amx_permitted() else 'no'}")
 
     # --- health and introspection -------------------------------------------------
 
@@ -168,6 +187,7 @@ class ModelEngine:
             "max_model_len": self.max_model_len,
             "running_requests": self.engine.get_num_unfinished_requests(),
             "pid": os.getpid(),
+            "cpu_kernels": self.cpu_kernels,
         }
 
     # --- OpenAI endpoints ---------------------------------------------------------

@@ -240,6 +240,10 @@ class Gateway:
                          "owned_by": "frugal", "root": None, "max_model_len": None})
         return {"object": "list", "data": data}
 
+    async def engine_info(self, model_id: str) -> dict[str, Any]:
+        """A model engine's `info()` (`frugal serve` prints its CPU kernels at start)."""
+        return await self.servers[model_id].info.remote()
+
     async def _max_model_len(self, model_id: str) -> int | None:
         """The engine's context length (it may derive it from the checkpoint); cached."""
         if model_id not in self.max_model_lens:

@@ -105,6 +105,21 @@ def _wait_ready(base_url: str, models: list[str], timeout_s: float) -> None:
             time.sleep(1)
 
 
+def _print_kernels(models: list[str]) -> None:
+    """Which CPU kernels each engine runs (CPU backend only; docs/serving.md)."""
+    from ray import serve
+
+    gateway = serve.get_app_handle("frugal")
+    for model in models:
+        try:
+            info = gateway.engine_info.remote(model).result(timeout_s=30)
+        except Exception as exc:  # informational only: never block serving on it
+            console.print(f"{model}: engine info unavailable ({type(exc).__name__})")
+            continue
+        if info.get("cpu_kernels"):
+            console.print(f"{model}: {info['cpu_kernels']}", highlight=False)
+
+
 def serve(
     file: Path = typer.Argument(..., help="Deployments YAML, e.g. deployments/local.yaml."),
     host: str | None = typer.Option(None, help="Override http_options.host."),
@@ -179,6 +194,7 @@ def serve(
     except TimeoutError as exc:
         console.print(f"[red]{exc}[/red]")
         _stop()
+    _print_kernels(models)
     console.print(f"[green]frugal is serving[/green] {', '.join(models)} on {base_url}")
     console.print(_examples(base_url, models[0]), highlight=False)
     print(f"READY {base_url}", flush=True)
