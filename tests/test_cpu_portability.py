@@ -15,9 +15,9 @@ import sys
 import textwrap
 
 import pytest
+from conftest import REPO, zoo_model_path
 
 from serving import cpu_features
-from conftest import REPO, zoo_model_path
 
 needs_amx = pytest.mark.skipif(
     not cpu_features.has_amx(),
