@@ -1,5 +1,8 @@
 """Prometheus metrics recorded by the gateway, correct across processes and replicas.
 
+One writer: the accounting lever (`serving.levers.accounting`) records every metric
+here from the request context, once per request, when its usage is known.
+
 `frugal serve` points `PROMETHEUS_MULTIPROC_DIR` at a fresh directory for every Ray
 actor it starts, so gateway replicas and the vLLM engines (whose own `vllm:*` metrics
 use prometheus-client too) write to one place and `/metrics` on any gateway replica
@@ -23,7 +26,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    from serving.accounting import Cost
+    from serving.cost import Cost, TokenUsage
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -69,20 +72,11 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def record_usage(model: str, usage: object | None) -> None:
-    """Add one response's token counts (an OpenAI `usage` object or dict)."""
-    if usage is None:
-        return
-    get = usage.get if isinstance(usage, dict) else lambda key: getattr(usage, key, None)
-    PROMPT_TOKENS.labels(model).inc(get("prompt_tokens") or 0)
-    COMPLETION_TOKENS.labels(model).inc(get("completion_tokens") or 0)
-    details = get("prompt_tokens_details")
-    if details:
-        if isinstance(details, dict):
-            cached = details.get("cached_tokens")
-        else:
-            cached = details.cached_tokens
-        CACHED_PROMPT_TOKENS.labels(model).inc(cached or 0)
+def record_tokens(model: str, usage: TokenUsage) -> None:
+    """Add one model call's token counts."""
+    PROMPT_TOKENS.labels(model).inc(usage.prompt_tokens)
+    COMPLETION_TOKENS.labels(model).inc(usage.completion_tokens)
+    CACHED_PROMPT_TOKENS.labels(model).inc(usage.cached_tokens)
 
 
 REASONING_TOKENS = Counter(

@@ -108,6 +108,15 @@ def test_malformed_json_and_missing_model_are_400(server) -> None:
         assert error["code"] == 400 and error["message"]
 
 
+def test_body_over_the_size_limit_is_413(server) -> None:
+    """gateway.max_request_bytes (4 MiB by default): refused before it is parsed."""
+    body = chat_body(MODEL, "x" * (5 * 1024 * 1024))
+    reply = httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 413, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == 413 and error["type"] == "RequestTooLargeError"
+
+
 def test_prompt_longer_than_context_is_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.accounting import CostModel, TokenUsage, combine_costs, key_label
 from serving.config import FrugalConfig
+from serving.cost import CostModel, TokenUsage, combine_costs, key_label
 from serving.pricing import Throughput, derive_price, price_table
 
 

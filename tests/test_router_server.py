@@ -3,6 +3,7 @@
 Starts its own frugal (zoo-s, zoo-m, zoo-l and the shipped router artefacts in
 `router/`), because the shared session server serves zoo-s only. The cascade threshold is
 set to 0.5 here so that a hard item forced onto zoo-s (a tiny quality target) escalates.
+API keys are on, with a quality target per key, so that two keys route differently.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ HELD_OUT_SEED = 1_000_000_456  # an eval seed the shipped predictor was not trai
 # List prices in proportion to size, so the ladder's order is explicit here: on 2 CPU
 # cores the prices derived from throughput put zoo-s and zoo-m level (docs/router.md).
 PRICES = {"zoo-s": 0.01, "zoo-m": 0.04, "zoo-l": 0.08}
+KEY = "key-default"  # no target of its own: router.min_quality applies
+KEY_TARGETS = {"key-lenient": 0.01, "key-strict": 0.99}
 
 
 def _config() -> dict:
@@ -39,11 +42,13 @@ def _config() -> dict:
     return {
         "ray": {"num_cpus": 8},
         "cost": {"node_usd_per_hour": 0.10},
+        "gateway": {"api_keys": [KEY, *KEY_TARGETS]},
         "router": {
             "scorecard": str(ROUTER_DIR / "scorecard.json"),
             "predictor": str(ROUTER_DIR / "predictor.npz"),
             "min_quality": 0.9,
             "escalate_below": 0.5,
+            "min_quality_by_key": KEY_TARGETS,
         },
         "models": models,
     }
@@ -67,7 +72,7 @@ def auto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def client(auto_server: str):
     from openai import OpenAI
 
-    return OpenAI(base_url=auto_server, api_key="unused", max_retries=0, timeout=120)
+    return OpenAI(base_url=auto_server, api_key=KEY, max_retries=0, timeout=120)
 
 
 def _items(family: str, difficulty: int, n: int = 4) -> list:
@@ -117,6 +122,34 @@ def test_bad_min_quality_is_400(auto_server: str, bad: object) -> None:
     response = httpx.post(f"{auto_server}/chat/completions", timeout=60, json={
         "model": "auto", "messages": [{"role": "user", "content": "hi"}],
         "frugal": {"min_quality": bad},
-    })
+    }, headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code == 400, response.text
     assert "min_quality" in response.json()["error"]["message"]
+
+
+def test_each_key_routes_by_its_own_quality_target(auto_server: str) -> None:
+    """`router.min_quality_by_key`: the same hard items go to zoo-s for a key content with
+    anything, and to a larger model for a key that wants near-certainty."""
+    from openai import OpenAI
+
+    chosen: dict[str, list[str]] = {}
+    for key in KEY_TARGETS:
+        keyed = OpenAI(base_url=auto_server, api_key=key, max_retries=0, timeout=120)
+        chosen[key] = [_route(keyed, item.messages)[1].split(";")[0]
+                       for item in _items("reverse", 6)]
+    assert chosen["key-lenient"] == ["zoo-s"] * 4, chosen
+    assert all(model != "zoo-s" for model in chosen["key-strict"]), chosen
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", "Bearer "])
+def test_missing_or_wrong_key_is_401(auto_server: str, authorization: str | None) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    for method, path, payload in (("POST", "/chat/completions", body),
+                                  ("POST", "/completions", {"model": "zoo-s", "prompt": "1"}),
+                                  ("GET", "/models", None)):
+        response = httpx.request(method, f"{auto_server}{path}", json=payload, headers=headers,
+                                 timeout=60)
+        assert response.status_code == 401, (path, response.text)
+        error = response.json()["error"]
+        assert error["type"] == "AuthenticationError" and error["code"] == 401

@@ -13,16 +13,25 @@ Enforcement is vLLM's engine-level thinking budget (`thinking_token_budget`): wh
 budget is spent the sampler forces the reasoning end token, so the model closes its
 `<think>` block and answers. It is not a post-hoc truncation. The model must be served
 with a `reasoning_parser` (e.g. `qwen3` for `<think>...</think>` models).
+
+The ask is read once per request (`before`); the budget is resolved per model call
+(`shape`), because effort levels map to each model's own budgets and `model="auto"` or
+a cascade retry decide the model after the ask is read. "No thinking" (effort `none`,
+`thinking.disabled`, budget 0) is always satisfiable: on a model without a reasoning
+mode it leaves the request as it is instead of failing.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel
 
 from serving.config import ModelConfig, ReasoningBudgets
 from serving.errors import APIError
+from serving.pipeline.context import Endpoint, RequestContext
+from serving.pipeline.lever import Lever
 
 #: vLLM's `reasoning_effort` values, onto the three configured budgets.
 EFFORT_LEVELS = {
@@ -46,6 +55,30 @@ class ThinkingPlan(BaseModel):
         return self.budget > 0
 
 
+class ThinkingAsk(BaseModel):
+    """What the request asked for, before the model is known: an exact budget, an
+    effort level, or nothing (then the model's `default_effort` applies)."""
+
+    source: str
+    budget: int | None = None
+    effort: str | None = None
+
+    def plan(self, model: ModelConfig) -> ThinkingPlan | None:
+        """The budget on `model`; None when the request asked nothing and the model has
+        no reasoning mode (or the client set `enable_thinking` itself)."""
+        if self.budget is not None:
+            return ThinkingPlan(budget=self.budget, source=self.source)
+        if self.effort is not None:
+            return ThinkingPlan(
+                budget=_from_effort(self.effort, model.frugal.reasoning), source=self.source
+            )
+        if not supports_reasoning(model):
+            return None
+        budgets = model.frugal.reasoning
+        return ThinkingPlan(budget=_from_effort(budgets.default_effort, budgets),
+                            source="default_effort")
+
+
 def _non_negative_int(value: Any, param: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise APIError(400, f"{param} must be a non-negative integer, got {value!r}", param=param)
@@ -61,29 +94,22 @@ def _from_effort(effort: str, budgets: ReasoningBudgets) -> int:
     return getattr(budgets, level)
 
 
-def pop_reasoning_fields(body: dict[str, Any]) -> dict[str, Any]:
-    """Remove frugal's extra reasoning shapes from a request body before validation."""
-    return {key: body.pop(key) for key in ("reasoning", "thinking") if key in body}
-
-
-def plan_thinking(
-    extra: dict[str, Any], request: Any, model: ModelConfig
-) -> ThinkingPlan | None:
-    """The thinking budget this request asks for, or None when it asks for nothing."""
+def read_ask(extra: dict[str, Any], request: Any) -> ThinkingAsk | None:
+    """The reasoning ask of a request (validated), or None when it leaves it to the
+    client's own `chat_template_kwargs.enable_thinking`."""
     if "reasoning" in extra:
         reasoning = extra["reasoning"]
         if not isinstance(reasoning, dict):
             raise APIError(400, "reasoning must be an object", param="reasoning")
         if "max_tokens" in reasoning:
             budget = _non_negative_int(reasoning["max_tokens"], "reasoning.max_tokens")
-            return ThinkingPlan(budget=budget, source="reasoning.max_tokens")
+            return ThinkingAsk(budget=budget, source="reasoning.max_tokens")
         if "effort" in reasoning:
             effort = reasoning["effort"]
             if not isinstance(effort, str):
                 raise APIError(400, "reasoning.effort must be a string", param="reasoning.effort")
-            return ThinkingPlan(
-                budget=_from_effort(effort, model.frugal.reasoning), source="reasoning.effort"
-            )
+            _from_effort(effort, ReasoningBudgets())  # validate the level now
+            return ThinkingAsk(effort=effort, source="reasoning.effort")
     if "thinking" in extra:
         thinking = extra["thinking"]
         if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
@@ -91,23 +117,18 @@ def plan_thinking(
                 400, "thinking must be {type: enabled|disabled, budget_tokens: N}", param="thinking"
             )
         if thinking["type"] == "disabled":
-            return ThinkingPlan(budget=0, source="thinking.disabled")
+            return ThinkingAsk(budget=0, source="thinking.disabled")
         budget = _non_negative_int(thinking.get("budget_tokens"), "thinking.budget_tokens")
-        return ThinkingPlan(budget=budget, source="thinking.budget_tokens")
+        return ThinkingAsk(budget=budget, source="thinking.budget_tokens")
     if getattr(request, "thinking_token_budget", None) is not None:
-        return ThinkingPlan(budget=request.thinking_token_budget, source="thinking_token_budget")
+        return ThinkingAsk(budget=request.thinking_token_budget, source="thinking_token_budget")
     effort = getattr(request, "reasoning_effort", None)
     if effort is not None:
-        return ThinkingPlan(
-            budget=_from_effort(effort, model.frugal.reasoning), source="reasoning_effort"
-        )
+        return ThinkingAsk(effort=effort, source="reasoning_effort")
     kwargs = getattr(request, "chat_template_kwargs", None) or {}
-    if supports_reasoning(model) and "enable_thinking" not in kwargs:
-        budgets = model.frugal.reasoning
-        return ThinkingPlan(
-            budget=_from_effort(budgets.default_effort, budgets), source="default_effort"
-        )
-    return None
+    if "enable_thinking" in kwargs:
+        return None
+    return ThinkingAsk(source="default_effort")
 
 
 def supports_reasoning(model: ModelConfig) -> bool:
@@ -117,6 +138,9 @@ def supports_reasoning(model: ModelConfig) -> bool:
 def apply_thinking(request: Any, plan: ThinkingPlan, model: ModelConfig) -> None:
     """Set vLLM's budget and the chat template's thinking switch on the request."""
     if not supports_reasoning(model):
+        if not plan.enabled:  # "no thinking" needs no reasoning mode
+            request.reasoning_effort = None
+            return
         raise APIError(
             400,
             f"model {model.model_id!r} has no reasoning mode (serve it with "
@@ -127,3 +151,43 @@ def apply_thinking(request: Any, plan: ThinkingPlan, model: ModelConfig) -> None
     kwargs = dict(request.chat_template_kwargs or {})
     kwargs["enable_thinking"] = plan.enabled
     request.chat_template_kwargs = kwargs
+
+
+def add_reasoning_content(data: dict[str, Any]) -> None:
+    """Mirror vLLM's `reasoning` field as `reasoning_content`, the name most reasoning
+    clients (and earlier vLLM releases) read."""
+    for choice in data.get("choices") or []:
+        for key in ("message", "delta"):
+            part = choice.get(key)
+            if isinstance(part, dict) and "reasoning" in part:
+                part["reasoning_content"] = part["reasoning"]
+
+
+class ReasoningLever(Lever):
+    """Chat requests: read the ask, apply each model's budget, mirror `reasoning`."""
+
+    name = "reasoning"
+    extra_fields = frozenset({"reasoning", "thinking"})
+
+    async def before(self, ctx: RequestContext) -> None:
+        if ctx.endpoint is Endpoint.CHAT:
+            ctx.thinking = read_ask(ctx.extras, ctx.request)
+
+    def shape(self, ctx: RequestContext, request: Any, model: ModelConfig) -> Any:
+        plan = ctx.thinking.plan(model) if ctx.thinking is not None else None
+        ctx.reasoning = plan is not None and plan.enabled
+        if plan is not None:
+            apply_thinking(request, plan, model)
+        return request
+
+    async def after(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
+        if ctx.reasoning:
+            add_reasoning_content(body)
+        return body
+
+    def on_chunk(self, ctx: RequestContext, chunk: str) -> str | None:
+        if not ctx.reasoning or '"reasoning"' not in chunk:
+            return chunk
+        data = json.loads(chunk.removeprefix("data: "))
+        add_reasoning_content(data)
+        return f"data: {json.dumps(data)}\n\n"

@@ -1,0 +1,44 @@
+"""The levers, one module each, and the one place their order is written.
+
+Chain order (hooks run in this order; docs/architecture.md explains each step):
+
+1. tenant        who is calling: API key -> 401 (admit)
+2. router        lever 1: model="auto" -> the cheapest model good enough
+3. cascade       lever 1: retry a doubtful `auto` answer on a larger model (if on)
+4. reasoning     lever 2: effort or exact budget -> the engine's thinking budget
+5. prompt_cache  lever 3: prompt-shape observations for `frugal cache report`
+6. accounting    usage, cost, savings and every request metric (the one writer)
+
+Structured output (lever 7) needs no hook: vLLM's protocol model turns
+`response_format` into guided decoding in the engine. To add a lever: write a module
+here with a `Lever` subclass, and add one line to `build_chain`.
+"""
+
+from __future__ import annotations
+
+from serving.config import FrugalConfig
+from serving.cost import CostModel
+from serving.levers.accounting import AccountingLever
+from serving.levers.cascade import CascadeLever
+from serving.levers.prompt_cache import PromptCacheLever
+from serving.levers.reasoning import ReasoningLever
+from serving.levers.router import RouterLever
+from serving.levers.tenant import TenantLever
+from serving.pipeline.chain import Chain
+from serving.pipeline.lever import Lever
+from serving.pricing import price_table
+from serving.router.runtime import Router
+
+
+def build_chain(config: FrugalConfig, router: Router | None) -> Chain:
+    """The chain the YAML asks for; levers that are off are left out entirely."""
+    prices = router.prices if router is not None else price_table(config)
+    levers: list[Lever | None] = [
+        TenantLever(config.gateway.api_keys),
+        RouterLever(router),
+        CascadeLever(router) if router is not None and router.cascade else None,
+        ReasoningLever(),
+        PromptCacheLever(),
+        AccountingLever(CostModel(config, prices)),
+    ]
+    return Chain([lever for lever in levers if lever is not None])

@@ -1,0 +1,65 @@
+"""Lever 1, the right model: `model="auto"` becomes the cheapest model predicted good
+enough (`serving.router.runtime` holds the policy; this is its place in the chain).
+
+The quality target is the request's `extra_body.frugal.min_quality`, else the caller's
+key target (`router.min_quality_by_key`), else `router.min_quality`. A request naming a
+model goes to that model untouched. The decision is in `x-frugal-route`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.config import ModelConfig
+from serving.errors import APIError
+from serving.pipeline.context import RequestContext
+from serving.pipeline.lever import Lever
+from serving.router.runtime import Router
+
+AUTO = "auto"
+
+
+def route_messages(request: Any) -> list[dict[str, str]]:
+    """The request as plain chat messages, the router's input."""
+    messages = getattr(request, "messages", None)
+    if messages is None:
+        return [{"role": "user", "content": str(getattr(request, "prompt", ""))}]
+    plain = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        plain.append({"role": str(message.get("role", "user")), "content": content or ""})
+    return plain
+
+
+class RouterLever(Lever):
+    """Sets `ctx.model` (and `ctx.route` for `auto`); every engine request names it."""
+
+    name = "router"
+
+    def __init__(self, router: Router | None) -> None:
+        self.router = router
+
+    async def before(self, ctx: RequestContext) -> None:
+        ctx.model = ctx.request.model
+        if ctx.model != AUTO:
+            return
+        if self.router is None:
+            raise APIError(
+                400,
+                "model='auto' needs a router: set router.scorecard in the deployments YAML "
+                "(frugal bench eval writes one)",
+                param="model",
+            )
+        requested = ctx.options.min_quality if ctx.options is not None else None
+        ctx.min_quality = (
+            requested if requested is not None else self.router.min_quality_for(ctx.api_key)
+        )
+        ctx.route = self.router.choose(route_messages(ctx.request), ctx.min_quality)
+        ctx.model = ctx.route.model
+        ctx.response_headers["x-frugal-route"] = ctx.route.header()
+
+    def shape(self, ctx: RequestContext, request: Any, model: ModelConfig) -> Any:
+        request.model = model.model_id
+        return request

@@ -1,0 +1,88 @@
+"""From a JSON body to a typed request: vLLM's protocol models plus frugal's own options.
+
+Fields that are not OpenAI's are popped before vLLM's model validates the rest: the
+`frugal` object (validated here, `FrugalOptions`) and the fields the chain's levers
+declare (`Lever.extra_fields`, e.g. reasoning's `reasoning` and `thinking` shapes).
+Every problem is a 400 that names the field (`param`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from serving.errors import APIError
+from serving.pipeline.context import Endpoint
+from serving.router.runtime import validate_min_quality
+
+
+class FrugalOptions(BaseModel):
+    """`extra_body={"frugal": {...}}`: per-request lever settings (docs/levers.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_quality: float | None = None  # model="auto": the quality target of this request
+
+    @field_validator("min_quality", mode="before")
+    @classmethod
+    def _quality(cls, value: Any) -> float:
+        return validate_min_quality(value)  # an explicit null is an error too
+
+
+def validation_message(exc: ValidationError, prefix: str = "") -> tuple[str, str | None]:
+    """One readable line per invalid field, and the first field's name as `param`."""
+    errors = exc.errors()
+    lines = []
+    for item in errors:
+        key = prefix + (".".join(str(part) for part in item["loc"]) or "body")
+        lines.append(f"{key}: {item['msg']}")
+    param = prefix + ".".join(str(p) for p in errors[0]["loc"]) if errors else None
+    return "; ".join(lines), param or None
+
+
+def read_json(body: bytes, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object; 413 when too large, 400 when not a JSON object."""
+    if len(body) > max_bytes:
+        raise APIError(413, f"request body exceeds {max_bytes} bytes")
+    try:
+        parsed = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise APIError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise APIError(400, "request body must be a JSON object")
+    return parsed
+
+
+def _request_class(endpoint: Endpoint) -> type:
+    if endpoint is Endpoint.CHAT:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        return ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    return CompletionRequest
+
+
+def parse_request(
+    body: dict[str, Any], endpoint: Endpoint, extra_fields: frozenset[str]
+) -> tuple[Any, dict[str, Any], FrugalOptions]:
+    """(vLLM request, popped lever fields, frugal options) of one request body."""
+    if not body.get("model"):
+        raise APIError(400, "you must provide a model parameter", param="model")
+    extras = {key: body.pop(key) for key in extra_fields if key in body}
+    raw_options = body.pop("frugal", None)
+    if raw_options is not None and not isinstance(raw_options, dict):
+        raise APIError(400, "frugal must be an object", param="frugal")
+    try:
+        options = FrugalOptions.model_validate(raw_options or {})
+    except ValidationError as exc:
+        message, param = validation_message(exc, "frugal.")
+        raise APIError(400, message, param=param) from None
+    try:
+        request = _request_class(endpoint).model_validate(body)
+    except ValidationError as exc:
+        message, param = validation_message(exc)
+        raise APIError(400, message, param=param) from None
+    return request, extras, options
