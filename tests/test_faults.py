@@ -1,10 +1,11 @@
 """Overload, client disconnects and a dead engine, on a real server.
 
 `zoo-s-tight` (one request at a time, a queue of one) is the session server's deployment
-that exists to be broken: only this module sends it generation requests (elsewhere it is
-only a price, the cost account's baseline, and a name in the model list, which needs no
-live engine). The dead-engine test kills its engine, and Ray Serve then restarts the
-replica (health check every 2 s, then an engine start of tens of seconds).
+that exists to be broken: only this module sends it requests that reach its engine
+(elsewhere it is the cost account's baseline price, a name in the model list, and a
+reasoning request that the gateway rejects before any engine sees it). The dead-engine
+test kills its engine, and Ray Serve then restarts the replica (health check every 2 s,
+then an engine start of tens of seconds).
 
 So that the order of the tests does not matter, each test that needs the engine takes
 the `tight` fixture, which waits until zoo-s-tight answers: when the kill ran first, the
