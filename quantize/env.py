@@ -30,7 +30,8 @@ TOOL_PINS: tuple[str, ...] = (
     # transformers loads GPTQ checkpoints through optimum (GPU-only GPTQ 8-bit is checked so).
     "optimum==2.3.0",
 )
-#: GPTQModel builds from source; without CUDA its extension build is skipped (RUNTIME.md).
+#: GPTQModel builds from source; this skips its CUDA extensions, which cannot build without
+#: CUDA (docs/quantize.md, "The tool venv").
 BUILD_ENV = {"BUILD_CUDA_EXT": "0"}
 
 #: auto-gptq is recorded, not installed: 0.7.1 (2024) fails to import with transformers 5.

@@ -172,7 +172,8 @@ class ModelLevers(StrictModel):
     price: Price | None = Field(
         None,
         description="List price override. Without it the price is derived from the node's "
-        "$/hour and the scorecard's measured throughput (docs/cost.md).",
+        "$/hour and the router scorecard's measured throughput, else cost.default_price "
+        "(docs/cost.md).",
     )
     reasoning: ReasoningBudgets = Field(default_factory=ReasoningBudgets)
     stream_flush_ms: float = Field(

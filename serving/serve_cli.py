@@ -15,7 +15,8 @@ from rich.console import Console
 console = Console(stderr=True)
 
 #: Logical CPUs for a local Ray on a CPU-only machine: more than the physical cores,
-#: or the engines' reservations leave the gateway unschedulable (RUNTIME.md).
+#: or the engines' reservations leave the gateway unschedulable (docs/configuration.md,
+#: `ray.num_cpus`).
 MIN_LOCAL_LOGICAL_CPUS = 8
 
 #: Ray Serve's throughput-optimized mode for a local Ray: the gateway replica serves HTTP

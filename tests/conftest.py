@@ -4,7 +4,8 @@ Starting engines costs tens of seconds on 2 cores, so every test that needs a se
 shares this one. It serves the demo zoo's smallest model twice over:
 - `zoo-s` with two replicas (metrics must add up across replicas),
 - `zoo-s-tight`, the same weights with a one-request queue, for overload and engine
-  failure tests (they break it on purpose; nothing else uses it).
+  failure tests (they break it on purpose; nothing else sends it requests, and
+  tests/test_faults.py waits for it to come back, so their order does not matter).
 """
 
 from __future__ import annotations

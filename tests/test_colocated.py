@@ -1,19 +1,30 @@
 """`gateway.colocated_model`: a model whose engine runs inside the gateway's process,
 served for real (Ray Serve + vLLM) and used through the `openai` SDK.
 
-Its own module-scoped server (zoo-s, colocated), because the session server keeps every
-model in a replica of its own. Every request path the gateway has for a model replica
-must behave the same when the model is local: unary, streaming, completions, errors,
-concurrency, metrics, and a disconnect that aborts the generation.
+Its own server (zoo-s, colocated), because the session server keeps every model in a
+replica of its own. Every request path the gateway has for a model replica must behave
+the same when the model is local: unary, streaming, completions, errors, concurrency,
+metrics, and a disconnect that aborts the generation.
+
+The SIGTERM test stops the server it is given, so it must not share one with the other
+tests, whatever their order. Starting a second server for it alone would cost about a
+minute on 2 cores, so the module keeps a pool of one (`ColocatedServers`): every other
+test gets the running server (`running`), and the SIGTERM test takes it over
+(`server_to_stop`), after which the next test that needs one starts a fresh one. In the
+usual order the SIGTERM test runs last and the module starts one server, as before; in
+any other order, one more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import psutil
@@ -27,30 +38,77 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 MODEL = "zoo-s"
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    config = {
-        "ray": {"num_cpus": 8},
-        "gateway": {"colocated_model": MODEL},
-        "models": [{
-            "model_loading_config": {"model_id": MODEL,
-                                     "model_source": str(zoo_model_path(MODEL))},
-            "engine_kwargs": {"dtype": "bfloat16", "enforce_eager": True,
-                              "max_model_len": 512},
-            "deployment_config": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
-            "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
-        }],
-    }
-    with started_server(config, tmp_path_factory.mktemp("colocated"), 900) as server:
-        yield server
+CONFIG = {
+    "ray": {"num_cpus": 8},
+    "gateway": {"colocated_model": MODEL},
+    "models": [{
+        "model_loading_config": {"model_id": MODEL, "model_source": "set by ColocatedServers"},
+        "engine_kwargs": {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 512},
+        "deployment_config": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
+        "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+    }],
+}
+
+
+class ColocatedServers:
+    """A pool of one colocated server, started when a test first needs it. `live()` is
+    the running server; `take()` hands it to a test that will stop it, so that the next
+    `live()` starts another. Every server started is stopped when the module ends. A
+    server that fails to start fails the tests after it at once, as a module-scoped
+    fixture would, instead of each waiting out another start."""
+
+    def __init__(self, stack: contextlib.ExitStack, log_root: Path) -> None:
+        self.stack = stack
+        self.log_root = log_root
+        self.current: Running | None = None
+        self.started = 0
+        self.failure: str | None = None
+
+    def live(self) -> Running:
+        if self.failure is not None:
+            pytest.fail(f"the colocated server did not start: {self.failure}")
+        if self.current is None:
+            config = copy.deepcopy(CONFIG)
+            config["models"][0]["model_loading_config"]["model_source"] = str(
+                zoo_model_path(MODEL))
+            log_dir = self.log_root / f"server-{self.started}"
+            self.started += 1
+            try:
+                self.current = self.stack.enter_context(started_server(config, log_dir, 900))
+            except BaseException as exc:  # pytest.fail's exception is a BaseException
+                self.failure = str(exc)[:4000]
+                raise
+        return self.current
+
+    def take(self) -> Running:
+        running, self.current = self.live(), None
+        return running
 
 
 @pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColocatedServers]:
+    with contextlib.ExitStack() as stack:
+        yield ColocatedServers(stack, tmp_path_factory.mktemp("colocated"))
+
+
+@pytest.fixture
+def running(servers: ColocatedServers) -> Running:
+    """The module's running colocated server, shared by every test but the SIGTERM one."""
+    return servers.live()
+
+
+@pytest.fixture
+def server_to_stop(servers: ColocatedServers) -> Running:
+    """A colocated server that no later test will use: the SIGTERM test stops it."""
+    return servers.take()
+
+
+@pytest.fixture
 def colocated(running: Running) -> str:
     return running.url
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def client(colocated: str):
     from openai import OpenAI
 
@@ -135,9 +193,13 @@ def test_client_disconnect_aborts_the_generation(colocated: str) -> None:
     assert_disconnect_aborts(colocated, MODEL, max_tokens=448)
 
 
-def test_sigterm_stops_the_server_and_its_engine_within_seconds(running: Running) -> None:
-    """Last in the module: stopping must not hang on Ray's load-balancer drain (30 s) nor
-    leave the engine behind; Kubernetes SIGKILLs a pod that takes over 30 s."""
+def test_sigterm_stops_the_server_and_its_engine_within_seconds(
+    server_to_stop: Running,
+) -> None:
+    """Stopping must not hang on Ray's load-balancer drain (30 s) nor leave the engine
+    behind; Kubernetes SIGKILLs a pod that takes over 30 s. It stops a server that no
+    later test uses (`server_to_stop`), so it may run in any position."""
+    running = server_to_stop
     os.kill(running.session_id, signal.SIGTERM)
     deadline = time.monotonic() + 20
     while (left := session_pids(running.session_id)) and time.monotonic() < deadline:

@@ -1,7 +1,18 @@
 """Overload, client disconnects and a dead engine, on a real server.
 
-`zoo-s-tight` (one request at a time, a queue of one) exists for these tests; the
-last one kills its engine, so it runs last in this module and nothing else uses it.
+`zoo-s-tight` (one request at a time, a queue of one) is the session server's deployment
+that exists to be broken: only this module sends it requests that reach its engine
+(elsewhere it is the cost account's baseline price, a name in the model list, and a
+reasoning request that the gateway rejects before any engine sees it). The dead-engine
+test kills its engine, and Ray Serve then restarts the replica (health check every 2 s,
+then an engine start of tens of seconds).
+
+So that the order of the tests does not matter, each test that needs the engine takes
+the `tight` fixture, which waits until zoo-s-tight answers: when the kill ran first, the
+next test waits for the restart instead of failing; in the usual order it costs one
+one-token request. The dead-engine test takes `tight_engine`, the engine process of a
+live zoo-s-tight, so it always kills a running engine. The healthy model, zoo-s, is never
+broken, so the client-disconnect test needs neither.
 """
 
 from __future__ import annotations
@@ -18,12 +29,42 @@ from helpers import assert_disconnect_aborts, chat_body
 
 pytestmark = pytest.mark.server
 TIGHT = "zoo-s-tight"
+#: How long a restarted zoo-s-tight may take to answer again (Ray Serve's health check
+#: notices the dead engine, stops the replica and starts a new engine).
+RESTART_TIMEOUT_S = 600
 
 
-def test_overload_is_503_with_retry_after(server) -> None:
+def _answers(base_url: str, model: str) -> bool:
+    try:
+        reply = httpx.post(f"{base_url}/chat/completions", timeout=60,
+                           json=chat_body(model, max_tokens=1))
+    except httpx.HTTPError:  # a replica on its way down may drop the connection
+        return False
+    return reply.status_code == 200
+
+
+@pytest.fixture
+def tight(server) -> str:
+    """zoo-s-tight with a live engine, waiting out a restart if an earlier test killed it."""
+    deadline = time.monotonic() + RESTART_TIMEOUT_S
+    while not _answers(server.base_url, TIGHT):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{TIGHT} did not answer within {RESTART_TIMEOUT_S} s; "
+                        f"server log: {server.log_path}")
+        time.sleep(2)
+    return TIGHT
+
+
+@pytest.fixture
+def tight_engine(tight: str) -> psutil.Process:
+    """The vLLM engine process of a live zoo-s-tight, for the test that kills it."""
+    return _engine_core_of(f"model-{tight}")
+
+
+def test_overload_is_503_with_retry_after(server, tight: str) -> None:
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as http:
-            body = chat_body(TIGHT, max_tokens=200, ignore_eos=True)
+            body = chat_body(tight, max_tokens=200, ignore_eos=True)
             return await asyncio.gather(*(
                 http.post(f"{server.base_url}/chat/completions", json=body) for _ in range(8)))
 
@@ -46,14 +87,21 @@ def test_client_disconnect_aborts_the_generation(server) -> None:
 def _engine_core_of(deployment: str) -> psutil.Process:
     for process in psutil.process_iter(["cmdline"]):
         if any(deployment in part for part in process.info["cmdline"] or []):
-            for child in process.children(recursive=True):
-                if "EngineCore" in " ".join(child.cmdline()) or "EngineCore" in child.name():
-                    return child
+            try:
+                children = process.children(recursive=True)
+            except psutil.Error:  # a replica that exited meanwhile (an earlier restart)
+                continue
+            for child in children:
+                try:
+                    if "EngineCore" in " ".join(child.cmdline()) or "EngineCore" in child.name():
+                        return child
+                except psutil.Error:
+                    continue
     raise AssertionError(f"no engine process found for {deployment}")
 
 
-def test_dead_engine_is_503_not_a_hang(server) -> None:
-    engine = _engine_core_of(f"model-{TIGHT}")
+def test_dead_engine_is_503_not_a_hang(server, tight_engine: psutil.Process) -> None:
+    engine = tight_engine
     os.kill(engine.pid, signal.SIGKILL)
     engine.wait(timeout=30)
     started = time.monotonic()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 
-# GPTQModel sizes its CPU thread pool from the core count; on 2 shared cores more workers
-# only contend (RUNTIME.md). Set before import: the pool is created at import time.
+# GPTQModel sizes its CPU thread pool from the host's core count (7.6: half the cores, at
+# most 12); pin it to the 2 cores of the machines this was run on (docs/quantize.md, "The
+# tool venv"). Set before import: GPTQModel reads it when it builds the pool.
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
 from common import copy_tokenizer, load_spec, progress, result, tokenized, versions  # noqa: E402

@@ -96,7 +96,8 @@ def _arithmetic(rng: random.Random, digits: int) -> tuple[dict[str, str], str, s
     total = str(a + b)
     # Scratchpad: both operands reversed (least significant digit first), then the sum
     # reversed. Aligned, low-digit-first addition is what tiny models can learn (see
-    # RUNTIME.md); the answer is then the reversed sum read backwards.
+    # docs/zoo.md, "Why sums are written low digit first"); the answer is then the
+    # reversed sum read backwards.
     scratch = f"{str(a)[::-1]}+{str(b)[::-1]}={total[::-1]}"
     return {"a": str(a), "b": str(b)}, total, scratch
 

@@ -63,8 +63,9 @@ class TrainConfig(BaseModel):
         default_factory=lambda: {f: DIFFICULTIES[f][-1] for f in FAMILIES}
     )
     # Hardest difficulty trained *without* the scratchpad. Multi-digit sums written most
-    # significant digit first are not learnable in this budget (RUNTIME.md); training them
-    # anyway only spends capacity, and the scratchpad is what is meant to carry them.
+    # significant digit first are not learnable in this budget (docs/zoo.md, "Why sums are
+    # written low digit first"); training them anyway only spends capacity, and the
+    # scratchpad is what is meant to carry them.
     direct_max_difficulty: dict[str, int] = Field(default_factory=lambda: {"arithmetic": 2})
     p_think: float = 0.45
     p_cut_think: float = 0.1
