@@ -327,6 +327,8 @@ NO_BASE_CASE = {"type": "object", "properties": {"child": {"$ref": "#"}},
 
 @pytest.mark.parametrize(("schema", "where"), [
     (NO_BASE_CASE, "#"),
+    ({"$defs": {"n": {"type": "array", "items": {"$ref": "#/$defs/n"}, "minItems": 10**12}},
+      "$ref": "#/$defs/n"}, "#/$defs/n"),  # found without walking 10**12 items
     ({"$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}},
                       "required": ["next"]}}, "$ref": "#/$defs/n"}, "#/$defs/n"),
     # Optional at the top, endless once entered: the model can walk into it.

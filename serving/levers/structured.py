@@ -291,7 +291,7 @@ def _array_finite(node: dict[str, Any], ok: Any) -> bool:
     if not isinstance(prefix, list):
         prefix, items = (items, node.get("additionalItems")) if isinstance(items, list) \
             else ([], items)
-    needed = _count(node.get("minItems"))
+    needed = min(_count(node.get("minItems")), len(prefix) + 1)  # past the prefix: `items`
     return all(ok(prefix[i] if i < len(prefix) else items) for i in range(needed))
 
 
@@ -302,6 +302,7 @@ def unending_subschema(schema: Any) -> str | None:
     if not isinstance(schema, dict) or not _has_ref(schema):
         return None
     nodes: list[tuple[str, dict[str, Any]]] = []  # every reachable subschema, once
+    users: dict[int, list[dict[str, Any]]] = {}  # subschema -> the subschemas that use it
     seen: set[int] = set()
     targets: set[int] = set()  # the subschemas some $ref points to
     stack: list[tuple[str, dict[str, Any]]] = [("", schema)]
@@ -311,20 +312,24 @@ def unending_subschema(schema: Any) -> str | None:
             continue
         seen.add(id(node))
         nodes.append((pointer, node))
-        stack.extend((pointer + suffix, sub) for suffix, sub in _subschemas(node, defs=False))
+        children = [(pointer + suffix, sub) for suffix, sub in _subschemas(node, defs=False)]
         ref = node.get("$ref")
         target = _resolve(schema, ref) if isinstance(ref, str) else None
         if isinstance(target, dict):
             targets.add(id(target))
-            stack.append((ref.removeprefix("#"), target))
-    done: set[int] = set()  # least fixpoint: the subschemas with a finite instance
-    changed = True
-    while changed:
-        changed = False
-        for _, node in reversed(nodes):  # children first, mostly: fewer rounds
-            if id(node) not in done and _finite(node, schema, done):
-                done.add(id(node))
-                changed = True
+            children.append((ref.removeprefix("#"), target))
+        for child in children:
+            users.setdefault(id(child[1]), []).append(node)
+        stack.extend(children)
+    # Least fixpoint, by worklist: a subschema is re-checked only when one it uses has
+    # just been found finite, so a long chain of $refs costs linear time.
+    done: set[int] = set()  # the subschemas with a finite instance
+    work = [node for _, node in nodes]
+    while work:
+        node = work.pop()
+        if id(node) not in done and _finite(node, schema, done):
+            done.add(id(node))
+            work.extend(users.get(id(node), ()))
     unending = [(pointer, node) for pointer, node in nodes if id(node) not in done]
     if not unending:
         return None
