@@ -415,10 +415,10 @@ class StructuredLever(Lever):
         caps = model.frugal.structured.overridden(override)
         if not caps.enabled:
             return request
-        report = CapReport()
-        response_format = request.response_format
-        if getattr(response_format, "type", None) == "json_schema" and \
-                response_format.json_schema is not None:
+        report = CapReport()  # of the schema the engine enforces (response_format wins)
+        response_format = getattr(request, "response_format", None)
+        uses_response_format = getattr(response_format, "type", None) == "json_schema"
+        if uses_response_format and response_format.json_schema is not None:
             inner = response_format.json_schema
             capped, report = cap_schema(inner.json_schema, caps)
             if report.fields:  # new objects: the shallow copy shares the client's
@@ -430,7 +430,7 @@ class StructuredLever(Lever):
             if so_report.fields:
                 value = json.dumps(capped) if isinstance(outputs.json, str) else capped
                 request.structured_outputs = dataclasses.replace(outputs, json=value)
-            if not report.fields:
+            if not uses_response_format:
                 report = so_report
         header = report.header()
         if header is not None:
