@@ -166,6 +166,50 @@ class ReasoningBudgets(StrictModel):
         return self
 
 
+class StructuredCaps(StrictModel):
+    """Bounds the structured lever adds where a JSON schema leaves a value unbounded
+    (docs/levers.md). A schema's own bounds always win; `null` leaves that kind
+    unbounded. Also the shape of a request's `extra_body.frugal.structured`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enabled: bool = Field(True, description="Cap JSON schemas sent to this model.")
+    max_integer_digits: int | None = Field(
+        12,
+        ge=1,
+        le=15,
+        description="Integers, and the integer part of numbers, without minimum/maximum get "
+        "at most this many digits (numbers then also have at most 6 decimals and no "
+        "exponent: xgrammar's bounded-number form). At most 15, the digits a double holds "
+        "exactly.",
+    )
+    max_string_length: int | None = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="maxLength of strings without one (not enum, const, pattern or format "
+        "strings), and of the keys of free-form objects. xgrammar 0.2.8 allows no escapes "
+        "(quotes, backslashes, newlines) in a length-bounded string.",
+    )
+    max_array_items: int | None = Field(
+        64, ge=1, le=1_000_000, description="maxItems of arrays without one."
+    )
+    max_object_properties: int | None = Field(
+        64,
+        ge=1,
+        le=1_000_000,
+        description="Objects that allow undeclared keys (additionalProperties, "
+        "patternProperties) get maxProperties = their declared properties plus this.",
+    )
+
+    def overridden(self, override: StructuredCaps | None) -> StructuredCaps:
+        """These caps with the fields a request set itself (`null` included)."""
+        if override is None:
+            return self
+        return self.model_copy(
+            update={name: getattr(override, name) for name in override.model_fields_set})
+
+
 class ModelLevers(StrictModel):
     """frugal's own per-model settings (the only non-Ray keys of a model entry)."""
 
@@ -176,6 +220,11 @@ class ModelLevers(StrictModel):
         "(docs/cost.md).",
     )
     reasoning: ReasoningBudgets = Field(default_factory=ReasoningBudgets)
+    structured: StructuredCaps = Field(
+        default_factory=StructuredCaps,
+        description="Bounds added to JSON schemas that leave numbers, strings, arrays or "
+        "objects unbounded, so a constrained answer cannot run to max_tokens.",
+    )
     stream_flush_ms: float = Field(
         50.0,
         ge=0,

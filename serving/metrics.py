@@ -108,6 +108,18 @@ def record_cost(cost: Cost, api_key: str, reasoning_tokens: int) -> None:
     REASONING_TOKENS.labels(cost.model).inc(reasoning_tokens)
 
 
+STRUCTURED_TRUNCATED = Counter(
+    "frugal_structured_truncated",
+    "Answers of structured-output requests that ended at max_tokens (their JSON is cut).",
+    ["model"],
+)
+STRUCTURED_WASTED_TOKENS = Counter(
+    "frugal_structured_wasted_tokens",
+    "Completion tokens of structured-output answers that ended at max_tokens.",
+    ["model"],
+)
+
+
 PREFIX_PROMPT_TOKENS = Counter(
     "frugal_prefix_prompt_tokens",
     "Prompt tokens by API key and prompt prefix (first characters, hashed).",

@@ -150,6 +150,39 @@ def test_bad_schemas_are_400_before_generation(client: openai.OpenAI, schema: di
                              "json_schema": {"name": "x", "schema": schema}})
 
 
+#: The schema of issue 24: the integer has no bound a small model must respect.
+UNBOUNDED = {
+    "type": "object",
+    "properties": {"answer": {"type": "integer"}, "confident": {"type": "boolean"}},
+    "required": ["answer", "confident"],
+    "additionalProperties": False,
+}
+
+
+def test_an_unbounded_integer_cannot_run_away(client: openai.OpenAI) -> None:
+    """The structured lever caps the digits (12 by default), so the longest answer the
+    grammar allows, {"answer":-999999999999,"confident":false}, is 42 characters: with
+    one token a character it always ends before max_tokens."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is 2 + 3?"}], max_tokens=64,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "answer", "schema": UNBOUNDED}})
+    assert raw.headers["x-frugal-json-caps"] == "integer-digits=12 (1 field)"
+    choice = raw.parse().choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    answer = json.loads(choice.message.content)
+    assert abs(answer["answer"]) < 10**12 and isinstance(answer["confident"], bool)
+
+
+def test_a_schema_without_a_base_case_is_400_before_generation(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"child": {"$ref": "#"}}, "required": ["child"]}
+    with pytest.raises(openai.BadRequestError, match="recursive without a base case"):
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "x", "schema": schema}})
+
+
 # --- lever 3: prompt caching -------------------------------------------------------
 
 LONG_SYSTEM = "You are a careful assistant. " + " ".join(

@@ -1,11 +1,11 @@
 """Fast unit tests of the request pipeline's logic, on a FAKE engine (no vLLM engine runs).
 
-The fake answers with vLLM's own protocol objects, so the pipeline sees what a real
-model server returns; the real engine path is covered by the server tests (test_api,
-test_levers, test_router_server). What is checked here is ordering and bookkeeping that
-a server test cannot pin down: the usage hook runs exactly once per request (whole
-answers, streams, abandoned streams, failures), and each model call's engine request is
-shaped for that model.
+The fake (tests/fake_engine.py) answers with vLLM's own protocol objects, so the
+pipeline sees what a real model server returns; the real engine path is covered by the
+server tests (test_api, test_levers, test_router_server). What is checked here is
+ordering and bookkeeping that a server test cannot pin down: the usage hook runs
+exactly once per request (whole answers, streams, abandoned streams, failures), and each
+model call's engine request is shaped for that model.
 """
 
 from __future__ import annotations
@@ -15,54 +15,13 @@ import json
 from typing import Any
 
 import pytest
+from fake_engine import FakeEngine, chat, fake_config, fake_ctx, fake_pipeline
 
-from serving.config import FrugalConfig
 from serving.errors import APIError
 from serving.levers import build_chain
-from serving.local_handle import LocalHandle
-from serving.pipeline.chain import Chain
-from serving.pipeline.context import Endpoint, RequestContext
-from serving.pipeline.engine_call import ModelCaller
+from serving.pipeline.context import RequestContext
 from serving.pipeline.lever import Lever
-from serving.pipeline.parse import parse_request
-from serving.pipeline.pipeline import Pipeline, StreamAnswer, UnaryAnswer
-
-
-class FakeEngine:
-    """A fake model server: records the engine requests it gets, answers "7"."""
-
-    def __init__(self, model: str, fail: bool = False) -> None:
-        self.model = model
-        self.fail = fail
-        self.requests: list[Any] = []
-
-    def _usage(self) -> Any:
-        from vllm.entrypoints.serve.engine.protocol import UsageInfo
-
-        return UsageInfo(prompt_tokens=10, completion_tokens=2, total_tokens=12)
-
-    async def chat(self, request: Any) -> Any:
-        from vllm.entrypoints.openai.chat_completion.protocol import (
-            ChatCompletionResponse,
-            ChatCompletionResponseChoice,
-            ChatMessage,
-        )
-
-        self.requests.append(request)
-        if self.fail:
-            raise RuntimeError("engine exploded")
-        choice = ChatCompletionResponseChoice(
-            index=0, message=ChatMessage(role="assistant", content="7"), finish_reason="stop")
-        return ChatCompletionResponse(model=self.model, choices=[choice], usage=self._usage())
-
-    async def chat_stream(self, request: Any):
-        self.requests.append(request)
-        for token in ("7", "8", "9"):
-            delta = {"choices": [{"index": 0, "delta": {"content": token}}]}
-            yield [f"data: {json.dumps(delta)}\n\n"]
-            await asyncio.sleep(0)
-        usage = {"choices": [], "usage": self._usage().model_dump()}
-        yield [f"data: {json.dumps(usage, separators=(',', ':'))}\n\n", "data: [DONE]\n\n"]
+from serving.pipeline.pipeline import StreamAnswer, UnaryAnswer
 
 
 class CountingLever(Lever):
@@ -75,43 +34,10 @@ class CountingLever(Lever):
         self.usage_calls.append(ctx.status)
 
 
-def _config(reasoning_small: bool = True) -> FrugalConfig:
-    def model(name: str, parser: bool) -> dict:
-        return {
-            "model_loading_config": {"model_id": name, "model_source": "/nonexistent/" + name},
-            "engine_kwargs": {"reasoning_parser": "qwen3"} if parser else {},
-            "frugal": {"price": {"input_per_million": 1, "output_per_million": 2},
-                       "reasoning": {"low": 3, "medium": 5, "high": 7}},
-        }
-    return FrugalConfig.model_validate(
-        {"models": [model("small", reasoning_small), model("large", True)]})
-
-
-def _pipeline(engines: dict[str, FakeEngine], extra: Lever | None = None,
-              config: FrugalConfig | None = None) -> Pipeline:
-    config = config or _config()
-    chain = build_chain(config, router=None)
-    if extra is not None:
-        chain = Chain([*chain.levers, extra])
-    caller = ModelCaller({name: LocalHandle(e) for name, e in engines.items()}, 2)
-    return Pipeline(config, chain, caller)
-
-
-def _ctx(pipeline: Pipeline, body: dict) -> RequestContext:
-    ctx = RequestContext(endpoint=Endpoint.CHAT)
-    ctx.request, ctx.extras, ctx.options = parse_request(
-        body, Endpoint.CHAT, pipeline.chain.extra_fields)
-    return ctx
-
-
-def _chat(model: str = "small", **extra: Any) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": "3+4="}], **extra}
-
-
 def test_whole_answer_is_priced_and_usage_runs_once() -> None:
     engine, counting = FakeEngine("small"), CountingLever()
-    pipeline = _pipeline({"small": engine}, counting)
-    answer = asyncio.run(pipeline.run(_ctx(pipeline, _chat())))
+    pipeline = fake_pipeline({"small": engine}, counting)
+    answer = asyncio.run(pipeline.run(fake_ctx(pipeline, chat())))
     assert isinstance(answer, UnaryAnswer) and answer.status == 200
     cost = answer.body["usage"]["cost"]
     assert cost["total_usd"] == pytest.approx((10 * 1 + 2 * 2) * 1e-6)
@@ -121,8 +47,8 @@ def test_whole_answer_is_priced_and_usage_runs_once() -> None:
 
 def test_client_request_is_never_edited_in_place() -> None:
     engine = FakeEngine("small")
-    pipeline = _pipeline({"small": engine})
-    ctx = _ctx(pipeline, _chat(reasoning_effort="high"))
+    pipeline = fake_pipeline({"small": engine})
+    ctx = fake_ctx(pipeline, chat(reasoning_effort="high"))
     asyncio.run(pipeline.run(ctx))
     sent = engine.requests[0]
     assert sent is not ctx.request
@@ -132,8 +58,8 @@ def test_client_request_is_never_edited_in_place() -> None:
 
 def test_stream_settles_usage_once_and_hides_the_usage_chunk() -> None:
     engine, counting = FakeEngine("small"), CountingLever()
-    pipeline = _pipeline({"small": engine}, counting)
-    ctx = _ctx(pipeline, _chat(stream=True))
+    pipeline = fake_pipeline({"small": engine}, counting)
+    ctx = fake_ctx(pipeline, chat(stream=True))
 
     async def consume() -> list[str]:
         answer = await pipeline.run(ctx)
@@ -149,8 +75,8 @@ def test_stream_settles_usage_once_and_hides_the_usage_chunk() -> None:
 
 
 def test_stream_with_usage_requested_gets_the_cost_in_it() -> None:
-    pipeline = _pipeline({"small": FakeEngine("small")})
-    ctx = _ctx(pipeline, _chat(stream=True, stream_options={"include_usage": True}))
+    pipeline = fake_pipeline({"small": FakeEngine("small")})
+    ctx = fake_ctx(pipeline, chat(stream=True, stream_options={"include_usage": True}))
 
     async def consume() -> str:
         answer = await pipeline.run(ctx)
@@ -163,8 +89,8 @@ def test_stream_with_usage_requested_gets_the_cost_in_it() -> None:
 
 def test_abandoned_stream_settles_once_as_499() -> None:
     engine, counting = FakeEngine("small"), CountingLever()
-    pipeline = _pipeline({"small": engine}, counting)
-    ctx = _ctx(pipeline, _chat(stream=True))
+    pipeline = fake_pipeline({"small": engine}, counting)
+    ctx = fake_ctx(pipeline, chat(stream=True))
 
     async def abandon() -> None:
         answer = await pipeline.run(ctx)
@@ -179,40 +105,40 @@ def test_abandoned_stream_settles_once_as_499() -> None:
 
 def test_failed_call_settles_once_and_is_an_api_error() -> None:
     counting = CountingLever()
-    pipeline = _pipeline({"small": FakeEngine("small", fail=True)}, counting)
+    pipeline = fake_pipeline({"small": FakeEngine("small", fail=True)}, counting)
     with pytest.raises(APIError) as caught:
-        asyncio.run(pipeline.run(_ctx(pipeline, _chat())))
+        asyncio.run(pipeline.run(fake_ctx(pipeline, chat())))
     assert caught.value.status == 500
     assert counting.usage_calls == [500]
 
 
 def test_unknown_model_is_404_and_settles_once() -> None:
     counting = CountingLever()
-    pipeline = _pipeline({"small": FakeEngine("small")}, counting)
+    pipeline = fake_pipeline({"small": FakeEngine("small")}, counting)
     with pytest.raises(APIError) as caught:
-        asyncio.run(pipeline.run(_ctx(pipeline, _chat(model="nope"))))
+        asyncio.run(pipeline.run(fake_ctx(pipeline, chat(model="nope"))))
     assert caught.value.status == 404
     assert counting.usage_calls == [404]
 
 
 def test_no_thinking_is_satisfiable_on_a_model_without_reasoning_mode() -> None:
     engine = FakeEngine("small")
-    pipeline = _pipeline({"small": engine}, config=_config(reasoning_small=False))
-    answer = asyncio.run(pipeline.run(_ctx(pipeline, _chat(reasoning_effort="none"))))
+    pipeline = fake_pipeline({"small": engine}, config=fake_config(reasoning_small=False))
+    answer = asyncio.run(pipeline.run(fake_ctx(pipeline, chat(reasoning_effort="none"))))
     assert answer.status == 200
     with pytest.raises(APIError) as caught:
-        asyncio.run(pipeline.run(_ctx(pipeline, _chat(reasoning_effort="high"))))
+        asyncio.run(pipeline.run(fake_ctx(pipeline, chat(reasoning_effort="high"))))
     assert caught.value.status == 400 and caught.value.param == "reasoning_effort"
 
 
 def test_each_model_call_is_shaped_for_its_own_model() -> None:
     """A retry on another model (the cascade's `ctx.call_model`) gets that model's
     thinking budget and name, not the first model's."""
-    config = _config()
+    config = fake_config()
     config.models[0].frugal.reasoning.high = 1  # small thinks 1 token at high, large 7
     small, large = FakeEngine("small"), FakeEngine("large")
-    pipeline = _pipeline({"small": small, "large": large}, config=config)
-    ctx = _ctx(pipeline, _chat(reasoning_effort="high"))
+    pipeline = fake_pipeline({"small": small, "large": large}, config=config)
+    ctx = fake_ctx(pipeline, chat(reasoning_effort="high"))
     asyncio.run(pipeline.run(ctx))
     asyncio.run(ctx.call_model(ctx, "large"))
     assert (small.requests[0].model, small.requests[0].thinking_token_budget) == ("small", 1)
@@ -221,8 +147,9 @@ def test_each_model_call_is_shaped_for_its_own_model() -> None:
 
 
 def test_chain_order_is_the_documented_one() -> None:
-    chain = build_chain(_config(), router=None)
-    assert chain.names == ["tenant", "router", "reasoning", "prompt_cache", "accounting"]
+    chain = build_chain(fake_config(), router=None)
+    assert chain.names == ["tenant", "router", "reasoning", "structured", "prompt_cache",
+                           "accounting"]
     assert chain.extra_fields == frozenset({"reasoning", "thinking"})
 
 
@@ -236,8 +163,8 @@ class BreaksMidStream(FakeEngine):
 
 def test_mid_stream_failure_is_one_error_event_of_the_usual_shape() -> None:
     counting = CountingLever()
-    pipeline = _pipeline({"small": BreaksMidStream("small")}, counting)
-    ctx = _ctx(pipeline, _chat(stream=True))
+    pipeline = fake_pipeline({"small": BreaksMidStream("small")}, counting)
+    ctx = fake_ctx(pipeline, chat(stream=True))
 
     async def consume() -> list[str]:
         answer = await pipeline.run(ctx)

@@ -6,12 +6,13 @@ Chain order (hooks run in this order; docs/architecture.md explains each step):
 2. router        lever 1: model="auto" -> the cheapest model good enough
 3. cascade       lever 1: retry a doubtful `auto` answer on a larger model (if on)
 4. reasoning     lever 2: effort or exact budget -> the engine's thinking budget
-5. prompt_cache  lever 3: prompt-shape observations for `frugal cache report`
-6. accounting    usage, cost, savings and every request metric (the one writer)
+5. structured    lever 7: bound what a JSON schema leaves unbounded; count cut answers
+6. prompt_cache  lever 3: prompt-shape observations for `frugal cache report`
+7. accounting    usage, cost, savings and every request metric (the one writer)
 
-Structured output (lever 7) needs no hook: vLLM's protocol model turns
-`response_format` into guided decoding in the engine. To add a lever: write a module
-here with a `Lever` subclass, and add one line to `build_chain`.
+Guided decoding itself (lever 7) is vLLM's: its protocol model turns `response_format`
+into a grammar in the engine; the structured lever only bounds the schema first. To add
+a lever: write a module here with a `Lever` subclass, and add one line to `build_chain`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from serving.levers.cascade import CascadeLever
 from serving.levers.prompt_cache import PromptCacheLever
 from serving.levers.reasoning import ReasoningLever
 from serving.levers.router import RouterLever
+from serving.levers.structured import StructuredLever
 from serving.levers.tenant import TenantLever
 from serving.pipeline.chain import Chain
 from serving.pipeline.lever import Lever
@@ -38,6 +40,7 @@ def build_chain(config: FrugalConfig, router: Router | None) -> Chain:
         RouterLever(router),
         CascadeLever(router) if router is not None and router.cascade else None,
         ReasoningLever(),
+        StructuredLever(),
         PromptCacheLever(),
         AccountingLever(CostModel(config, prices)),
     ]

@@ -101,6 +101,12 @@ class AccountingLever(Lever):
         metrics.PROMPTS.labels(ctx.key_label).inc()
         if ctx.late_fixed_prompt:
             metrics.LATE_FIXED_PROMPTS.labels(ctx.key_label).inc()
+        last = ctx.calls[-1]
+        if ctx.structured_truncated:
+            metrics.STRUCTURED_TRUNCATED.labels(last.model).inc()
+            if last.usage is not None:
+                metrics.STRUCTURED_WASTED_TOKENS.labels(last.model).inc(
+                    last.usage.completion_tokens)
         if ctx.route is not None:
             chosen = ctx.route.model
             metrics.ROUTER_DECISIONS.labels(chosen).inc()

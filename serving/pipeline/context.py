@@ -79,10 +79,13 @@ class RequestContext:
     confidence: float | None = None  # the cascade's estimate for the first answer
     prefix_label: str = "other"  # prompt-prefix label for the cache report
     late_fixed_prompt: bool = False  # repeats a recent prompt's tail after a new head
+    structured: bool = False  # the request constrains the answer (response_format, ...)
+    json_capped_fields: int = 0  # subschemas the structured lever bounded (last call)
 
     # What happened.
     calls: list[ModelCall] = field(default_factory=list)
     ttft_s: float | None = None
+    structured_truncated: bool = False  # a structured answer ended at max_tokens (cut JSON)
     status: int = 0  # the status the client got; 0 until known
     cost: Cost | None = None
     response_headers: dict[str, str] = field(default_factory=dict)

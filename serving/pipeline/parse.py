@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from serving.config import StructuredCaps
 from serving.errors import APIError
 from serving.pipeline.context import Endpoint
 from serving.router.runtime import validate_min_quality
@@ -24,6 +25,9 @@ class FrugalOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     min_quality: float | None = None  # model="auto": the quality target of this request
+    #: JSON-schema caps of this request, over the model's `frugal.structured` (the fields
+    #: it sets win; `null` leaves that kind unbounded).
+    structured: StructuredCaps | None = None
 
     @field_validator("min_quality", mode="before")
     @classmethod
