@@ -91,8 +91,9 @@ class AccountingLever(Lever):
                 call.usage.prompt_tokens)
             metrics.PREFIX_CACHED_TOKENS.labels(ctx.key_label, ctx.prefix_label).inc(
                 call.usage.cached_tokens)
-            if call.cost is not None:
-                metrics.record_cost(call.cost, ctx.key_label, call.usage.reasoning_tokens)
+        if ctx.cost is not None:  # the request's one bill (a cascade's calls combined)
+            reasoning = sum(c.usage.reasoning_tokens for c in ctx.calls if c.usage is not None)
+            metrics.record_cost(ctx.cost, ctx.key_label, reasoning)
         if not ctx.calls:
             return
         metrics.LATENCY.labels(ctx.model, endpoint).observe(time.perf_counter() - ctx.started)
