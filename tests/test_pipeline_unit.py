@@ -19,8 +19,9 @@ from fake_engine import FakeEngine, chat, fake_config, fake_ctx, fake_pipeline
 
 from serving.errors import APIError
 from serving.levers import build_chain
-from serving.pipeline.context import RequestContext
+from serving.pipeline.context import Endpoint, RequestContext
 from serving.pipeline.lever import Lever
+from serving.pipeline.parse import parse_request
 from serving.pipeline.pipeline import StreamAnswer, UnaryAnswer
 
 
@@ -175,3 +176,19 @@ def test_mid_stream_failure_is_one_error_event_of_the_usual_shape() -> None:
     assert error == {"message": "model 'small' is temporarily unavailable",
                      "type": "ServiceUnavailableError", "param": None, "code": 503}
     assert counting.usage_calls == [503]
+
+
+@pytest.mark.parametrize(("field", "value", "param"), [
+    ("prompt_logprobs", "xxx", "prompt_logprobs"),   # vLLM's VLLMValidationError
+    ("messages", -9223372036854775808, None),       # a TypeError inside vLLM's model
+    ("frequency_penalty", {}, "frequency_penalty"),
+    ("top_k", 18446744073709551616, "top_k"),         # passed the model, failed the engine
+    ("seed", 2**64, "seed"),
+    ("messages", [{"role": "bogus", "content": "hi"}], "messages.0.role"),
+])
+def test_hostile_fields_are_400_naming_the_field(field: str, value: Any, param: str) -> None:
+    with pytest.raises(APIError) as caught:
+        parse_request(chat(**{field: value}), Endpoint.CHAT, frozenset())
+    assert caught.value.status == 400
+    if param is not None:
+        assert caught.value.param == param, caught.value.message

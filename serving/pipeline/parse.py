@@ -59,6 +59,12 @@ def read_json(body: bytes, max_bytes: int) -> dict[str, Any]:
     return parsed
 
 
+def _client_error() -> type[Exception]:
+    from vllm.exceptions import VLLMClientError
+
+    return VLLMClientError
+
+
 def _request_class(endpoint: Endpoint) -> type:
     if endpoint is Endpoint.CHAT:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -89,4 +95,35 @@ def parse_request(
     except ValidationError as exc:
         message, param = validation_message(exc)
         raise APIError(400, message, param=param) from None
+    except (ValueError, TypeError, _client_error()) as exc:
+        # vLLM's own checks inside its validators raise VLLMClientError subclasses
+        # (VLLMValidationError names the `parameter`), and a few types fail with TypeError
+        # (`"messages": 5`): the client's mistake either way, never a 500.
+        raise APIError(400, f"invalid request: {exc}", param=getattr(exc, "parameter", None)
+                       ) from None
+    _check_sane(request)
     return request, extras, options
+
+
+#: Chat roles OpenAI accepts; vLLM's model lets any string through.
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+#: Integer sampling fields the engine stores as 32-bit (the seed as 64-bit): a larger value
+#: passes the protocol model and fails in the engine, where it read as "unavailable".
+INT32_FIELDS = ("n", "best_of", "top_k", "max_tokens", "max_completion_tokens", "min_tokens",
+                "logprobs", "top_logprobs", "prompt_logprobs", "thinking_token_budget")
+
+
+def _check_sane(request: Any) -> None:
+    """What vLLM's protocol models accept but no engine can serve: a 400 here."""
+    for name in INT32_FIELDS:
+        value = getattr(request, name, None)
+        if isinstance(value, int) and not -(2**31) <= value < 2**31:
+            raise APIError(400, f"{name} is out of range: {value}", param=name)
+    seed = getattr(request, "seed", None)
+    if isinstance(seed, int) and not -(2**63) <= seed < 2**63:
+        raise APIError(400, f"seed is out of range: {seed}", param="seed")
+    for index, message in enumerate(getattr(request, "messages", None) or []):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role is not None and role not in ROLES:
+            raise APIError(400, f"messages.{index}.role: {role!r} is not one of "
+                           f"{', '.join(sorted(ROLES))}", param=f"messages.{index}.role")
