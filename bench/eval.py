@@ -33,70 +33,30 @@ from typing import Any
 from pydantic import BaseModel
 
 from serving.config import FrugalConfig
+from serving.evaluation.items import EvalItem, TaskItem, grade
 from serving.pricing import Throughput, price_table
 from serving.router.scorecard import (
     SCORECARD_VERSION,
-    Checker,
-    EvalItem,
     ItemResult,
     ModelCard,
     ModelScore,
     Percentiles,
     Scorecard,
-    grade,
 )
-from serving.zoo.tasks import TaskItem
 
 __all__ = [
     "SCORECARD_VERSION",
-    "Checker",
-    "EvalItem",
     "ItemResult",
     "ModelCard",
     "ModelScore",
     "Scorecard",
     "build_scorecard",
     "evaluate_model",
-    "load_user_items",
 ]
 #: Enough for any zoo answer without thinking; thinking gets the `high` budget on top.
 MAX_TOKENS = 64
 THINK_MAX_TOKENS = 320
 DECODE_PASS_TOKENS = 64
-
-
-# --- items a user brings---------------------------------------------------------------
-
-
-def load_user_items(path: Path) -> list[EvalItem]:
-    """Read a JSONL of `{messages, expected}` or `{messages, checker}` objects.
-
-    Optional keys: `id`, `family` (default `custom`), `difficulty` (default 0).
-    Errors name the line and what was expected.
-    """
-    items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not valid JSON: {exc}") from None
-        if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list):
-            raise ValueError(f"{path}:{number}: expected an object with a 'messages' list")
-        if "expected" not in raw and "checker" not in raw:
-            raise ValueError(f"{path}:{number}: needs 'expected' or 'checker'")
-        items.append(
-            EvalItem(
-                id=str(raw.get("id", f"{path.stem}-{number}")),
-                family=str(raw.get("family", "custom")),
-                difficulty=int(raw.get("difficulty", 0)),
-                messages=raw["messages"],
-                expected=str(raw.get("expected", "")),
-                checker=raw.get("checker"),
-            )
-        )
-    return items
 
 
 def suite_hash(items: Iterable[TaskItem]) -> str:

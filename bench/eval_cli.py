@@ -91,8 +91,9 @@ def eval_command(
     ),
 ) -> None:
     """Score every model of the YAML through the running endpoint; write the scorecard."""
-    from bench.eval import build_scorecard, load_user_items
+    from bench.eval import build_scorecard
     from bench.plots import plot_scorecard
+    from serving.evaluation.items import load_user_items
     from serving.zoo.tasks import EVAL_SEED, mixed_suite
 
     config = _load(config_path)
@@ -158,7 +159,7 @@ async def _auto_over_http(
     """`model="auto"` through the gateway: answering model, billed $ and correctness."""
     import httpx
 
-    from serving.router.scorecard import grade
+    from serving.evaluation.items import grade
 
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:

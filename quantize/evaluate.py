@@ -26,7 +26,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from serving.zoo.tasks import EVAL_SEED, TaskItem, check_answer, mixed_suite
+from serving.evaluation.items import TaskItem, check_answer
+from serving.zoo.tasks import EVAL_SEED, mixed_suite
 
 #: Held-out gate suite: items per (family, difficulty) cell; 9 cells.
 DEFAULT_EVAL_PER_CELL = 20

@@ -16,19 +16,17 @@ import yaml
 
 from bench.route_bench import apply_policies, check_held_out, ratios
 from serving.config import Price, load_config
+from serving.evaluation.items import Checker, EvalItem, grade
 from serving.pricing import Throughput
 from serving.router.features import DIM, HASH_DIM, featurize, word_shape
 from serving.router.predictor import Predictor, auc, scorecard_id, train_predictor
 from serving.router.runtime import Router, validate_min_quality
 from serving.router.scorecard import (
-    Checker,
-    EvalItem,
     ItemResult,
     ModelCard,
     ModelScore,
     Percentiles,
     Scorecard,
-    grade,
 )
 from serving.zoo.tasks import DIFFICULTIES, mixed_suite
 
