@@ -2,7 +2,7 @@
 
 Two backends, one grading rule (`serving.zoo.tasks.check_answer`):
 - `served`: the artifact is a model entry in a deployments YAML, started with `frugal serve`
-  and scored by the scorecard harness (`bench.eval.evaluate_model`) through the OpenAI API,
+  and scored by the scorecard harness (`serving.bench.eval.evaluate_model`) through the OpenAI API,
   exactly as it will be served. Used for every method vLLM runs on this device.
 - `transformers`: greedy `generate()` in the tool venv, for methods vLLM runs only on GPU
   (bitsandbytes, GPTQ 8-bit on CPU). The source is scored the same way, so the delta compares
@@ -121,7 +121,8 @@ class Server:
 
 
 async def _fallback_evaluate(base_url: str, model: str, items: list[TaskItem]) -> float:
-    """Used only where bench.eval is absent: greedy chat completions, graded by check_answer."""
+    """Used only where serving.bench.eval is absent: greedy chat completions, graded by
+    check_answer."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=base_url, api_key="none")
@@ -140,9 +141,9 @@ async def _fallback_evaluate(base_url: str, model: str, items: list[TaskItem]) -
 
 
 def score_endpoint(base_url: str, model: str, items: list[TaskItem]) -> Score:
-    """Accuracy of one served model with the scorecard harness (bench.eval)."""
+    """Accuracy of one served model with the scorecard harness (serving.bench.eval)."""
     try:
-        from bench.eval import evaluate_model
+        from serving.bench.eval import evaluate_model
     except ImportError:
         accuracy = asyncio.run(_fallback_evaluate(base_url, model, items))
     else:

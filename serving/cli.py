@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from bench.cli import app as bench_app
 from quantize.cli import app as quantize_app
+from serving.bench.cli import app as bench_app
 from serving.cache_cli import app as cache_app
 from serving.config_cli import app as config_app
 from serving.router.cli import app as router_app

@@ -19,7 +19,7 @@ def quantize_bench(
 
     from rich.console import Console
 
-    from bench.quantize_bench import largest_zoo_model, markdown, run_bench
+    from serving.bench.quantize_bench import largest_zoo_model, markdown, run_bench
 
     console = Console(stderr=True)
     source = Path(model) if model else largest_zoo_model()
@@ -29,14 +29,14 @@ def quantize_bench(
     print(markdown(rows))
 
 
-# Scorecard and routing benchmark (issue 5): commands live in bench/eval_cli.py.
-from bench.eval_cli import eval_command, route_command  # noqa: E402
+# Scorecard and routing benchmark (issue 5): commands live in serving/bench/eval_cli.py.
+from serving.bench.eval_cli import eval_command, route_command  # noqa: E402
 
 app.command("eval")(eval_command)
 app.command("route")(route_command)
 
 # Request-lever benchmarks (issue 7).
-from bench.levers_cli import levers  # noqa: E402
+from serving.bench.levers_cli import levers  # noqa: E402
 
 app.command("levers")(levers)
 
@@ -69,7 +69,7 @@ def serve(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bench.serve_bench import markdown, run_serve_bench
+    from serving.bench.serve_bench import markdown, run_serve_bench
 
     console = Console(stderr=True)
     path = Path(model_path)

@@ -51,7 +51,7 @@ async def _score_all(
     base_url: str, models: list[str], items: list[Any], concurrency: int, think: bool,
     throughput: bool,
 ) -> dict[str, Any]:
-    from bench.eval import evaluate_model
+    from serving.bench.eval import evaluate_model
 
     scores = {}
     with _progress() as progress:
@@ -91,8 +91,8 @@ def eval_command(
     ),
 ) -> None:
     """Score every model of the YAML through the running endpoint; write the scorecard."""
-    from bench.eval import build_scorecard
-    from bench.plots import plot_scorecard
+    from serving.bench.eval import build_scorecard
+    from serving.bench.plots import plot_scorecard
     from serving.evaluation.items import load_user_items
     from serving.zoo.tasks import EVAL_SEED, mixed_suite
 
@@ -215,8 +215,8 @@ def route_command(
     """auto vs always-largest, always-smallest, random and the oracle on a held-out workload."""
     import random
 
-    from bench.plots import plot_route
-    from bench.route_bench import (
+    from serving.bench.plots import plot_route
+    from serving.bench.route_bench import (
         PolicyResult,
         RouteReport,
         RouteResults,
@@ -245,7 +245,7 @@ def route_command(
         console.print(f"[red]--price-by must be 'config' or 'params', not {price_by!r}[/red]")
         raise typer.Exit(2)
     if price_by == "params":
-        from bench.route_bench import params_priced
+        from serving.bench.route_bench import params_priced
 
         router = params_priced(router, config, card)
         if via_http:
