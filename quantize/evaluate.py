@@ -1,9 +1,9 @@
 """Scoring an artifact and its 16-bit source on the same held-out items.
 
-Two backends, one grading rule (`serving.zoo.tasks.check_answer`):
+Two backends, one grading rule (`serving.evaluation.items.check_answer`):
 - `served`: the artifact is a model entry in a deployments YAML, started with `frugal serve`
-  and scored by the scorecard harness (`serving.bench.eval.evaluate_model`) through the OpenAI API,
-  exactly as it will be served. Used for every method vLLM runs on this device.
+  and scored by the scorecard harness (`serving.evaluation.scoring.evaluate_model`) through
+  the OpenAI API, exactly as it will be served. Used for every method vLLM runs on this device.
 - `transformers`: greedy `generate()` in the tool venv, for methods vLLM runs only on GPU
   (bitsandbytes, GPTQ 8-bit on CPU). The source is scored the same way, so the delta compares
   like with like.
@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel
 
 from serving.evaluation.items import TaskItem, check_answer
+from serving.evaluation.scoring import evaluate_model
 from serving.zoo.tasks import EVAL_SEED, mixed_suite
 
 #: Held-out gate suite: items per (family, difficulty) cell; 9 cells.
@@ -120,37 +121,11 @@ class Server:
             self.proc.wait()
 
 
-async def _fallback_evaluate(base_url: str, model: str, items: list[TaskItem]) -> float:
-    """Used only where serving.bench.eval is absent: greedy chat completions, graded by
-    check_answer."""
-    from openai import AsyncOpenAI
-
-    client = AsyncOpenAI(base_url=base_url, api_key="none")
-    gate = asyncio.Semaphore(16)
-
-    async def one(item: TaskItem) -> bool:
-        async with gate:
-            reply = await client.chat.completions.create(
-                model=model, messages=item.messages, temperature=0, max_tokens=MAX_NEW_TOKENS
-            )
-        return check_answer(item, reply.choices[0].message.content or "")
-
-    results = await asyncio.gather(*(one(item) for item in items))
-    await client.close()
-    return sum(results) / len(items)
-
-
 def score_endpoint(base_url: str, model: str, items: list[TaskItem]) -> Score:
-    """Accuracy of one served model with the scorecard harness (serving.bench.eval)."""
-    try:
-        from serving.bench.eval import evaluate_model
-    except ImportError:
-        accuracy = asyncio.run(_fallback_evaluate(base_url, model, items))
-    else:
-        # The gate needs quality only: skip the harness's throughput passes.
-        score = asyncio.run(evaluate_model(base_url, model, items, throughput=False))
-        accuracy = float(score.accuracy)
-    return Score(accuracy=accuracy, items=len(items))
+    """Accuracy of one served model with the scorecard harness (`evaluate_model`)."""
+    # The gate needs quality only: skip the harness's throughput passes.
+    score = asyncio.run(evaluate_model(base_url, model, items, throughput=False))
+    return Score(accuracy=float(score.accuracy), items=len(items))
 
 
 OnServed = Callable[[str], None]

@@ -51,7 +51,7 @@ async def _score_all(
     base_url: str, models: list[str], items: list[Any], concurrency: int, think: bool,
     throughput: bool,
 ) -> dict[str, Any]:
-    from serving.bench.eval import evaluate_model
+    from serving.evaluation.scoring import evaluate_model
 
     scores = {}
     with _progress() as progress:

@@ -98,7 +98,7 @@ def replica_rss_mb(model_id: str) -> float | None:
 def measure(base_url: str, model: str, per_cell: int, concurrency: int):
     """(decode tok/s, TTFT p50 ms) from the scorecard harness on held-out items, with its
     throughput passes (decode: `ignore_eos` generations at `concurrency`)."""
-    from serving.bench.eval import evaluate_model
+    from serving.evaluation.scoring import evaluate_model
     from serving.zoo.tasks import EVAL_SEED, mixed_suite
 
     items = mixed_suite(per_cell, EVAL_SEED + 1)
