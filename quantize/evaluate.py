@@ -3,7 +3,9 @@
 Two backends, one grading rule (`serving.evaluation.items.check_answer`):
 - `served`: the artifact is a model entry in a deployments YAML, started with `frugal serve`
   and scored by the scorecard harness (`serving.evaluation.scoring.evaluate_model`) through
-  the OpenAI API, exactly as it will be served. Used for every method vLLM runs on this device.
+  the OpenAI API, exactly as it will be served. Used for every method vLLM runs on this
+  device. The server is started and stopped by `serving.evaluation.launcher.frugal_server`
+  (everything in its session, Ray workers included).
 - `transformers`: greedy `generate()` in the tool venv, for methods vLLM runs only on GPU
   (bitsandbytes, GPTQ 8-bit on CPU). The source is scored the same way, so the delta compares
   like with like.
@@ -12,21 +14,14 @@ Two backends, one grading rule (`serving.evaluation.items.check_answer`):
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from serving.evaluation.items import TaskItem, check_answer
+from serving.evaluation.launcher import frugal_server
 from serving.evaluation.scoring import evaluate_model
 from serving.zoo.tasks import EVAL_SEED, mixed_suite
 
@@ -47,12 +42,6 @@ def eval_items(per_cell: int = DEFAULT_EVAL_PER_CELL, seed: int = EVAL_SEED) -> 
     return mixed_suite(per_cell, seed)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def model_entry(model_id: str, path: Path, quantization: str | None) -> dict[str, Any]:
     """A deployments-YAML model entry for an artifact (or its source when unquantized)."""
     engine: dict[str, Any] = {"dtype": "bfloat16", "enforce_eager": True}
@@ -66,59 +55,9 @@ def model_entry(model_id: str, path: Path, quantization: str | None) -> dict[str
     }
 
 
-def deployments_yaml(entries: list[dict[str, Any]], port: int) -> dict[str, Any]:
-    return {
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "ray": {"num_cpus": 8},
-        "models": entries,
-    }
-
-
-class Server:
-    """`frugal serve FILE` in its own process group; stopped with SIGTERM to that group only
-    (never `ray stop`: other servers share the machine)."""
-
-    def __init__(self, config: dict[str, Any], workdir: Path, log_name: str = "serve.log"):
-        self.config = config
-        self.workdir = workdir
-        self.log_path = workdir / log_name
-        self.proc: subprocess.Popen[str] | None = None
-        self.base_url = ""
-
-    def __enter__(self) -> Server:
-        path = self.workdir / "deployments.yaml"
-        path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        frugal = Path(sys.executable).parent / "frugal"
-        cmd = (
-            [str(frugal), "serve", str(path)]
-            if frugal.exists()
-            else [sys.executable, "-m", "serving.cli", "serve", str(path)]
-        )
-        log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
-        )
-        deadline = time.monotonic() + SERVE_READY_TIMEOUT_S
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("READY "):
-                self.base_url = line.split()[1]
-                return self
-            if time.monotonic() > deadline:
-                break
-        self.__exit__(None, None, None)
-        tail = "\n".join(self.log_path.read_text().splitlines()[-20:])
-        raise RuntimeError(f"frugal serve did not become ready (log {self.log_path}):\n{tail}")
-
-    def __exit__(self, *_: object) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+def deployments_yaml(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The deployments YAML (as a dict) for `frugal_server`, which picks the port."""
+    return {"ray": {"num_cpus": 8}, "models": entries}
 
 
 def score_endpoint(base_url: str, model: str, items: list[TaskItem]) -> Score:
@@ -142,10 +81,11 @@ def score_served(
     `on_served(base_url)` runs while the server is still up (tests talk to the artifact
     through it instead of paying for a second engine start)."""
     entries = [model_entry(mid, path, q) for mid, (path, q) in models.items()]
-    with Server(deployments_yaml(entries, free_port()), workdir) as server:
-        scores = {mid: score_endpoint(server.base_url, mid, items) for mid in models}
+    config = deployments_yaml(entries)
+    with frugal_server(config, log_dir=workdir, timeout_s=SERVE_READY_TIMEOUT_S) as server:
+        scores = {mid: score_endpoint(server.url, mid, items) for mid in models}
         if on_served is not None:
-            on_served(server.base_url)
+            on_served(server.url)
         return scores
 
 
@@ -168,6 +108,3 @@ def score_transformers(
         scores[path] = Score(accuracy=right / len(items), items=len(items))
     return scores
 
-
-def scratch_dir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=prefix))

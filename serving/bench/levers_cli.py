@@ -147,7 +147,7 @@ def levers(
 ) -> None:
     """Reasoning budgets, structured output and prompt caching, measured side by side."""
     from serving.bench.levers import bench_cache, bench_reasoning, bench_structured
-    from serving.bench.servers import frugal_server
+    from serving.evaluation.launcher import frugal_server
     from serving.zoo.paths import default_zoo_dir
 
     zoo = zoo_dir or default_zoo_dir()
