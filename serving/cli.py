@@ -1,5 +1,9 @@
 """The `frugal` command line: one entry point, one sub-command per job.
 
+This module is the composition root, and the only one that knows every layer: it adds
+`serve` and each sub-app (config, zoo, bench, cache, quantize, router), each defined with
+its commands in its own module. No package module imports this one.
+
 Sub-command modules import their heavy dependencies (torch, vLLM, Ray) inside the
 command functions so that `frugal --help` and `frugal config validate` stay instant.
 """
