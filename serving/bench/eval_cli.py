@@ -83,7 +83,8 @@ def eval_command(
     concurrency: int = typer.Option(16, help="Requests in flight per model."),
     think: bool = typer.Option(False, help="Evaluate with reasoning_effort=high."),
     out: Path | None = typer.Option(
-        None, help="Scorecard JSON (default: the YAML's router.scorecard, else scorecards/)."
+        None, help="Scorecard JSON (default: the YAML's router.scorecard, else "
+        "router/scorecard.json beside the YAML)."
     ),
     plots: Path | None = typer.Option(None, help="Folder for PNGs (default: beside --out)."),
     train_router: bool = typer.Option(
@@ -113,7 +114,8 @@ def eval_command(
     console.print(f"scoring {len(chosen)} models on {len(items)} items via {url}")
     scores = asyncio.run(_score_all(url, chosen, items, concurrency, think, True))
     scorecard = build_scorecard(config, scores, items, suite=suite_name, seed=seed)
-    out = out or Path(config.router.scorecard or "scorecards/scorecard.json")
+    # Router data lives beside the YAML that names it (deployments/router/ for the shipped one).
+    out = out or Path(config.router.scorecard or config_path.parent / "router" / "scorecard.json")
     scorecard.save(out)
     pngs = plot_scorecard(scorecard, plots or out.parent)
     _print_scorecard(scorecard)
