@@ -36,8 +36,8 @@ class Quality(BaseModel):
     items: int
     suite: str = Field(description="Which held-out items: 'suite:<n per cell>:<seed>'.")
     evaluated_with: Literal["vllm", "transformers"] = Field(
-        description="vllm: served by `frugal serve` and scored by bench.eval; transformers: "
-        "greedy generate() in the tool venv (methods vLLM cannot run on this device)."
+        description="vllm: served by `frugal serve` and scored by the scorecard harness; "
+        "transformers: greedy generate() in the tool venv (methods vLLM cannot run on this device)."
     )
 
 

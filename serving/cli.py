@@ -1,5 +1,9 @@
 """The `frugal` command line: one entry point, one sub-command per job.
 
+This module is the composition root, and the only one that knows every layer: it adds
+`serve` and each sub-app (config, zoo, bench, cache, quantize, router), each defined with
+its commands in its own module. No package module imports this one.
+
 Sub-command modules import their heavy dependencies (torch, vLLM, Ray) inside the
 command functions so that `frugal --help` and `frugal config validate` stay instant.
 """
@@ -8,8 +12,8 @@ from __future__ import annotations
 
 import typer
 
-from bench.cli import app as bench_app
 from quantize.cli import app as quantize_app
+from serving.bench.cli import app as bench_app
 from serving.cache_cli import app as cache_app
 from serving.config_cli import app as config_app
 from serving.router.cli import app as router_app

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from bench.servers import Running
+    from serving.evaluation.launcher import Running
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 900
@@ -93,9 +93,9 @@ class ServerHandle:
 @contextlib.contextmanager
 def started_server(config: dict, log_dir: Path,
                    timeout_s: float = SERVER_START_TIMEOUT_S) -> Iterator[Running]:
-    """`bench.servers.frugal_server` for a fixture: a server that never comes up fails
+    """`serving.evaluation.launcher.frugal_server` for a fixture: a server that never comes up fails
     the tests with its log's tail (CI shows nothing else); it is stopped either way."""
-    from bench.servers import frugal_server
+    from serving.evaluation.launcher import frugal_server
 
     with contextlib.ExitStack() as stack:
         try:

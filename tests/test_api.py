@@ -167,7 +167,7 @@ def test_metrics_add_up_across_replicas(server) -> None:
 @pytest.mark.parametrize("stream", [True, False])
 def test_benchmark_load_generator_counts_tokens_in_both_modes(server, stream: bool) -> None:
     """`frugal bench serve` measures with this client: both modes must see every token."""
-    from bench.loadgen import run_load
+    from serving.bench.loadgen import run_load
 
     result = asyncio.run(run_load(server.base_url, MODEL, concurrency=4, requests=8,
                                   max_tokens=6, stream=stream, timeout_s=120))

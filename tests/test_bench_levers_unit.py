@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.levers_cli import _request_lever_tables, cache_config, cache_runs
+from serving.bench.levers_cli import _request_lever_tables, cache_config, cache_runs
 from serving.config import FrugalConfig
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
@@ -37,7 +37,7 @@ def test_cache_only_keeps_the_earlier_request_lever_tables(tmp_path: Path) -> No
 
 
 def test_skip_cache_keeps_the_earlier_cache_tables(tmp_path: Path) -> None:
-    from bench.levers_cli import _cache_tables
+    from serving.bench.levers_cli import _cache_tables
 
     assert _cache_tables(tmp_path) == []  # never measured: no table
     runs = [{"model": "zoo-l", "prompt_chars": 800, "warm_over_cold": 0.54,

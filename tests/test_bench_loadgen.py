@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from bench.loadgen import RequestSample, _has_text, chat_body, mean_result, percentile, summarize
+from serving.bench.loadgen import (
+    RequestSample,
+    _has_text,
+    chat_body,
+    mean_result,
+    percentile,
+    summarize,
+)
 
 
 def _ok(ttft_s: float, latency_s: float = 1.0, tokens: int = 64) -> RequestSample:

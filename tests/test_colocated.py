@@ -32,7 +32,7 @@ import pytest
 from conftest import started_server, zoo_model_path
 from helpers import assert_disconnect_aborts, chat_body, metric
 
-from bench.servers import Running, session_pids
+from serving.evaluation.launcher import Running, session_pids
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 MODEL = "zoo-s"

@@ -140,8 +140,9 @@ def test_dockerignore_keeps_what_the_images_need() -> None:
         return any(fnmatch(prefix, p.rstrip("/")) for p in patterns for prefix in prefixes)
 
     needed = [
-        "pyproject.toml", "README.md", "serving/app.py", "bench/cli.py", "quantize/registry.py",
-        "deployments/local.yaml", "deployments/gpu.yaml", "router/scorecard.json",
+        "pyproject.toml", "README.md", "serving/app.py", "serving/bench/cli.py",
+        "quantize/registry.py",
+        "deployments/local.yaml", "deployments/gpu.yaml", "deployments/router/scorecard.json",
         "zoo/MANIFEST.json", "zoo/zoo-s/model.safetensors",
     ]
     assert all((ROOT / path).exists() for path in needed)

@@ -11,7 +11,8 @@ import openai
 import pytest
 from helpers import metric
 
-from serving.zoo.tasks import check_answer, generate_items
+from serving.evaluation.items import check_answer
+from serving.zoo.tasks import generate_items
 
 pytestmark = pytest.mark.server
 MODEL = "zoo-s"

@@ -16,7 +16,7 @@ from conftest import REPO, started_server, zoo_model_path
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
-ROUTER_DIR = REPO / "router"
+ROUTER_DIR = REPO / "deployments" / "router"
 HELD_OUT_SEED = 1_000_000_456  # an eval seed the shipped predictor was not trained on
 
 
@@ -57,7 +57,8 @@ def _config() -> dict:
 @pytest.fixture(scope="module")
 def auto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not (ROUTER_DIR / "scorecard.json").exists():
-        pytest.skip("router/scorecard.json missing: run `frugal bench eval` (docs/router.md)")
+        pytest.skip("deployments/router/scorecard.json missing: run `frugal bench eval` "
+                    "(docs/router.md)")
     from serving.zoo.paths import default_zoo_dir
 
     zoo = default_zoo_dir()

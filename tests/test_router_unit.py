@@ -13,21 +13,19 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.route_bench import apply_policies, check_held_out, ratios
+from serving.bench.route_bench import apply_policies, check_held_out, ratios
 from serving.config import Price, load_config
+from serving.evaluation.items import Checker, EvalItem, grade
 from serving.pricing import Throughput
 from serving.router.features import DIM, HASH_DIM, featurize, word_shape
 from serving.router.predictor import Predictor, auc, scorecard_id, train_predictor
 from serving.router.runtime import Router, validate_min_quality
 from serving.router.scorecard import (
-    Checker,
-    EvalItem,
     ItemResult,
     ModelCard,
     ModelScore,
     Percentiles,
     Scorecard,
-    grade,
 )
 from serving.zoo.tasks import DIFFICULTIES, mixed_suite
 
@@ -381,7 +379,7 @@ def test_policies_on_known_results(router: Router) -> None:
 def test_route_results_round_trip_and_match_only_their_workload() -> None:
     """`frugal bench route --reuse-results` re-applies policies to saved answers only
     when they are the same workload (seed, items per cell) and cover every candidate."""
-    from bench.route_bench import RouteResults
+    from serving.bench.route_bench import RouteResults
 
     row = ItemResult(id="a", correct=True, prompt_tokens=3, completion_tokens=1, latency_s=0.1)
     saved = RouteResults(seed=7, per_cell=2, models={"tiny": [row], "big": [row]})
@@ -398,7 +396,7 @@ def test_params_priced_scales_prices_by_size_and_keeps_the_largest(
 ) -> None:
     """`frugal bench route --price-by params`: price proportional to parameter count,
     anchored on the largest model, and the candidates re-ordered by the new prices."""
-    import bench.route_bench as route_bench
+    import serving.bench.route_bench as route_bench
 
     sizes = {"org/tiny": 1_000, "org/mid": 4_000, "org/big": 10_000}
     monkeypatch.setattr(route_bench, "checkpoint_params", lambda source: sizes[source])
@@ -416,7 +414,7 @@ def test_checkpoint_params_reads_safetensors_headers(tmp_path: Path) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from bench.route_bench import checkpoint_params
+    from serving.bench.route_bench import checkpoint_params
 
     save_file({"a": np.zeros((3, 4), np.float32), "b": np.zeros(5, np.float32)},
               str(tmp_path / "model.safetensors"))
@@ -428,7 +426,7 @@ def test_route_bench_refuses_to_report_an_unreachable_endpoint(tmp_path: Path) -
     must say so and write nothing (no report, no saved answers), not print a table."""
     from typer.testing import CliRunner
 
-    from bench.cli import app
+    from serving.bench.cli import app
 
     out = tmp_path / "route.json"
     result = CliRunner().invoke(app, [

@@ -7,14 +7,13 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from serving.evaluation.items import TaskItem, check_answer, json_fields, load_jsonl
 from serving.zoo import tasks
 from serving.zoo.tasks import (
     DIFFICULTIES,
     EVAL_SEED,
     FAMILIES,
     TRAIN_SEEDS,
-    TaskItem,
-    check_answer,
     generate_items,
     mixed_suite,
 )
@@ -163,7 +162,7 @@ def test_export_suite_cli_writes_loadable_jsonl(tmp_path) -> None:
     assert len(lines) == 2 * sum(len(v) for v in DIFFICULTIES.values())
     first = json.loads(lines[0])
     assert {"id", "family", "difficulty", "messages", "expected"} <= first.keys()
-    assert tasks.load_jsonl(out) == mixed_suite(2, seed=5)
+    assert load_jsonl(out) == mixed_suite(2, seed=5)
 
 
 def test_tokenizer_think_tokens_and_chat_template() -> None:
@@ -195,12 +194,12 @@ def test_json_request_asks_for_fields_and_expects_indented_json() -> None:
     assert request.messages[-1]["content"].endswith(tasks.JSON_INSTRUCTION)
     assert item.messages[-1]["content"] + tasks.JSON_INSTRUCTION == request.messages[-1]["content"]
     assert "\n  " in request.expected  # what a model writes unguided: indented
-    assert tasks.json_fields(request.expected) == {"task": "arithmetic", "answer": item.expected}
-    compact = json.dumps(tasks.json_fields(request.expected), separators=(",", ":"))
-    assert tasks.json_fields(compact) == tasks.json_fields(request.expected)
+    assert json_fields(request.expected) == {"task": "arithmetic", "answer": item.expected}
+    compact = json.dumps(json_fields(request.expected), separators=(",", ":"))
+    assert json_fields(compact) == json_fields(request.expected)
     assert len(compact) < len(request.expected)
     for bad in ("", "answer: 12", "[1, 2]", '{"task": "arithmetic"'):
-        assert tasks.json_fields(bad) is None or not isinstance(tasks.json_fields(bad), dict)
+        assert json_fields(bad) is None or not isinstance(json_fields(bad), dict)
 
 
 def test_training_keeps_multi_digit_sums_off_the_direct_path() -> None:

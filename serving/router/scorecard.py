@@ -1,64 +1,24 @@
 """The scorecard on disk: what `frugal bench eval` measured per model and per item.
 
-It lives in `serving` (not `bench`) because the router reads it at start-up; `bench.eval`
-writes it. Versioned (`SCORECARD_VERSION`): a reader refuses a file of another version.
+It lives in core `serving` (not the benchmarks) because the router reads it at start-up;
+`frugal bench eval` writes it. Its items are the evaluation layer's `EvalItem`
+(`serving.evaluation.items`). Versioned (`SCORECARD_VERSION`): a reader refuses a file of
+another version.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from serving.config import Price
+from serving.evaluation.items import EvalItem
 from serving.pricing import Throughput
-from serving.zoo.tasks import TaskItem, check_answer, final_answer
 
 SCORECARD_VERSION = 1
-
-
-class Checker(BaseModel):
-    """How to grade an answer when there is no single expected string.
-
-    `exact`: the final answer equals `value`; `contains`: it contains `value`;
-    `regex`: it fully matches `value`; `number`: it parses as a number within `tol` of
-    `value`. The final answer is the text after any `</think>`, stripped.
-    """
-
-    type: Literal["exact", "contains", "regex", "number"]
-    value: str | float
-    tol: float = 1e-6
-
-    def check(self, text: str) -> bool:
-        answer = final_answer(text)
-        if answer is None:
-            return False
-        if self.type == "exact":
-            return answer == str(self.value)
-        if self.type == "contains":
-            return str(self.value) in answer
-        if self.type == "regex":
-            return re.fullmatch(str(self.value), answer, flags=re.DOTALL) is not None
-        try:
-            return abs(float(answer.replace(",", "")) - float(self.value)) <= self.tol
-        except ValueError:
-            return False
-
-
-class EvalItem(TaskItem):
-    """A `TaskItem` that may carry a checker instead of (or beside) an expected answer."""
-
-    checker: Checker | None = None
-
-
-def grade(item: TaskItem, text: str) -> bool:
-    checker = getattr(item, "checker", None)
-    if checker is not None:
-        return checker.check(text)
-    return check_answer(item, text)
 
 
 # --- results --------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from serving.zoo.tasks import DIFFICULTIES, EVAL_SEED, FAMILIES, check_answer, mixed_suite
+from serving.evaluation.items import check_answer
+from serving.zoo.tasks import DIFFICULTIES, EVAL_SEED, FAMILIES, mixed_suite
 
 CARDS_CACHE = "CARDS.json"
 MAX_NEW_TOKENS = 64

@@ -78,7 +78,8 @@ def export_suite(
     n: int = typer.Option(50, "--n", min=1, help="Items per family and difficulty."),
 ) -> None:
     """Write the task suite as JSONL (one TaskItem per line)."""
-    from serving.zoo.tasks import export_jsonl, mixed_suite
+    from serving.evaluation.items import export_jsonl
+    from serving.zoo.tasks import mixed_suite
 
     count = export_jsonl(mixed_suite(n, seed), out)
     typer.echo(f"wrote {count} items to {out}")

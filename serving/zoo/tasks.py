@@ -13,9 +13,10 @@ quantization calibration and tests. Three families, each with difficulty levels:
   learned at these model sizes, docs/zoo.md.)
 
 Items are chat messages in plain language (several phrasings per family, an optional fixed
-system prompt). The expected answer is the exact text the assistant must give after any
-`<think>...</think>` block. Each item also carries the scratchpad the zoo models are trained
-to write when thinking is enabled.
+system prompt), in the evaluation layer's format (`serving.evaluation.items.TaskItem`,
+graded by its `check_answer`). The expected answer is the exact text the assistant must
+give after any `<think>...</think>` block. Each item also carries the scratchpad the zoo
+models are trained to write when thinking is enabled.
 
 Seeds: `generate_items(family, difficulty, n, seed)` is a pure function of its arguments.
 Training draws seeds only from `TRAIN_SEEDS` (0 <= seed < 1,000,000); evaluation uses
@@ -29,11 +30,10 @@ from __future__ import annotations
 import json
 import random
 import string
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
-from pydantic import BaseModel
+from serving.evaluation.items import TaskItem
 
 FAMILIES: tuple[str, ...] = ("arithmetic", "reverse", "ranking")
 DIFFICULTIES: dict[str, tuple[int, ...]] = {
@@ -46,7 +46,6 @@ EVAL_SEED_MIN = 1_000_000_000
 EVAL_SEED = 1_000_000_007
 SYSTEM_PROMPT = "Reply with the answer only."
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # Ranking names are single capital letters (one token each): the hard part is comparing
 # many two-digit scores, not copying a long name.
 NAME_LETTERS = string.ascii_uppercase
@@ -76,18 +75,6 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
         "Results:\n{records}\nName the top scorer.",
     ),
 }
-
-
-class TaskItem(BaseModel):
-    """One exactly checkable task: chat messages in, one answer string out."""
-
-    id: str
-    family: str
-    difficulty: int
-    messages: list[dict[str, str]]
-    expected: str
-    # What a zoo model writes inside <think>...</think> for this item (training target).
-    scratchpad: str = ""
 
 
 def _arithmetic(rng: random.Random, digits: int) -> tuple[dict[str, str], str, str]:
@@ -214,55 +201,11 @@ JSON_SCHEMA: dict = {
 
 def as_json_request(item: TaskItem) -> TaskItem:
     """The same task, asking for a JSON object {task, answer}; `expected` is the JSON text
-    a model writes unguided (indented). Compare parsed objects with `json_fields`."""
+    a model writes unguided (indented). Compare parsed objects with
+    `serving.evaluation.items.json_fields`."""
     messages = [dict(m) for m in item.messages]
     messages[-1]["content"] += JSON_INSTRUCTION
     expected = json.dumps({"task": item.family, "answer": item.expected}, indent=2)
     return item.model_copy(
         update={"id": item.id + "-json", "messages": messages, "expected": expected}
     )
-
-
-def json_fields(text: str) -> dict | None:
-    """The object in a JSON answer, or None when the text is not one JSON object."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def final_answer(text: str) -> str | None:
-    """The answer part of a model's output: after the last `</think>`, stripped.
-
-    None when a think block was opened but never closed (no answer was given).
-    """
-    if THINK_CLOSE in text:
-        return text.rsplit(THINK_CLOSE, 1)[1].strip()
-    if text.lstrip().startswith(THINK_OPEN):
-        return None
-    return text.strip()
-
-
-def check_answer(item: TaskItem, text: str) -> bool:
-    """Right or wrong: whitespace around the answer and a leading think block are ignored;
-    anything else (punctuation, extra words, other formatting) makes it wrong."""
-    answer = final_answer(text)
-    return answer is not None and answer == item.expected
-
-
-def export_jsonl(items: Iterable[TaskItem], out: Path) -> int:
-    """Write one JSON object per line (TaskItem fields); returns the number written."""
-    count = 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as fh:
-        for item in items:
-            fh.write(json.dumps(item.model_dump(), ensure_ascii=False) + "\n")
-            count += 1
-    return count
-
-
-def load_jsonl(path: Path) -> list[TaskItem]:
-    """Read items written by `export_jsonl`."""
-    with path.open(encoding="utf-8") as fh:
-        return [TaskItem.model_validate_json(line) for line in fh if line.strip()]

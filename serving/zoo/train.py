@@ -21,12 +21,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from serving.evaluation.items import TaskItem
 from serving.zoo.tasks import (
     DIFFICULTIES,
     FAMILIES,
     SYSTEM_PROMPT,
     TRAIN_SEEDS,
-    TaskItem,
     as_json_request,
 )
 from serving.zoo.tasks import generate_items as _generate_items
@@ -270,7 +270,7 @@ def greedy_answers(model, items: list[TaskItem], think: bool, max_new: int = 48)
 
 def quick_accuracy(model, n: int, seed: int) -> dict[str, float]:
     """Accuracy per cell (`arithmetic3`, `arithmetic3+think`, ...) on `n` items each."""
-    from serving.zoo.tasks import check_answer
+    from serving.evaluation.items import check_answer
 
     out: dict[str, float] = {}
     for family in FAMILIES:

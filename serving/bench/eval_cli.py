@@ -51,7 +51,7 @@ async def _score_all(
     base_url: str, models: list[str], items: list[Any], concurrency: int, think: bool,
     throughput: bool,
 ) -> dict[str, Any]:
-    from bench.eval import evaluate_model
+    from serving.evaluation.scoring import evaluate_model
 
     scores = {}
     with _progress() as progress:
@@ -83,7 +83,8 @@ def eval_command(
     concurrency: int = typer.Option(16, help="Requests in flight per model."),
     think: bool = typer.Option(False, help="Evaluate with reasoning_effort=high."),
     out: Path | None = typer.Option(
-        None, help="Scorecard JSON (default: the YAML's router.scorecard, else scorecards/)."
+        None, help="Scorecard JSON (default: the YAML's router.scorecard, else "
+        "router/scorecard.json beside the YAML)."
     ),
     plots: Path | None = typer.Option(None, help="Folder for PNGs (default: beside --out)."),
     train_router: bool = typer.Option(
@@ -91,8 +92,9 @@ def eval_command(
     ),
 ) -> None:
     """Score every model of the YAML through the running endpoint; write the scorecard."""
-    from bench.eval import build_scorecard, load_user_items
-    from bench.plots import plot_scorecard
+    from serving.bench.eval import build_scorecard
+    from serving.bench.plots import plot_scorecard
+    from serving.evaluation.items import load_user_items
     from serving.zoo.tasks import EVAL_SEED, mixed_suite
 
     config = _load(config_path)
@@ -112,7 +114,8 @@ def eval_command(
     console.print(f"scoring {len(chosen)} models on {len(items)} items via {url}")
     scores = asyncio.run(_score_all(url, chosen, items, concurrency, think, True))
     scorecard = build_scorecard(config, scores, items, suite=suite_name, seed=seed)
-    out = out or Path(config.router.scorecard or "scorecards/scorecard.json")
+    # Router data lives beside the YAML that names it (deployments/router/ for the shipped one).
+    out = out or Path(config.router.scorecard or config_path.parent / "router" / "scorecard.json")
     scorecard.save(out)
     pngs = plot_scorecard(scorecard, plots or out.parent)
     _print_scorecard(scorecard)
@@ -158,7 +161,7 @@ async def _auto_over_http(
     """`model="auto"` through the gateway: answering model, billed $ and correctness."""
     import httpx
 
-    from serving.router.scorecard import grade
+    from serving.evaluation.items import grade
 
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
@@ -214,8 +217,8 @@ def route_command(
     """auto vs always-largest, always-smallest, random and the oracle on a held-out workload."""
     import random
 
-    from bench.plots import plot_route
-    from bench.route_bench import (
+    from serving.bench.plots import plot_route
+    from serving.bench.route_bench import (
         PolicyResult,
         RouteReport,
         RouteResults,
@@ -244,7 +247,7 @@ def route_command(
         console.print(f"[red]--price-by must be 'config' or 'params', not {price_by!r}[/red]")
         raise typer.Exit(2)
     if price_by == "params":
-        from bench.route_bench import params_priced
+        from serving.bench.route_bench import params_priced
 
         router = params_priced(router, config, card)
         if via_http:

@@ -20,14 +20,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from serving.evaluation.items import check_answer, json_fields
 from serving.zoo.tasks import (
     DIFFICULTIES,
     FAMILIES,
     JSON_SCHEMA,
     as_json_request,
-    check_answer,
     generate_items,
-    json_fields,
 )
 
 BENCH_SEED = 1_000_000_901  # an evaluation seed: never used in training

@@ -98,7 +98,7 @@ def replica_rss_mb(model_id: str) -> float | None:
 def measure(base_url: str, model: str, per_cell: int, concurrency: int):
     """(decode tok/s, TTFT p50 ms) from the scorecard harness on held-out items, with its
     throughput passes (decode: `ignore_eos` generations at `concurrency`)."""
-    from bench.eval import evaluate_model
+    from serving.evaluation.scoring import evaluate_model
     from serving.zoo.tasks import EVAL_SEED, mixed_suite
 
     items = mixed_suite(per_cell, EVAL_SEED + 1)
@@ -116,7 +116,8 @@ def run_bench(
     say=print,
 ) -> list[Row]:
     from quantize import manifest as manifest_io
-    from quantize.evaluate import Server, deployments_yaml, free_port, model_entry, scratch_dir
+    from quantize.evaluate import SERVE_READY_TIMEOUT_S, deployments_yaml, model_entry
+    from serving.evaluation.launcher import frugal_server
 
     out_dir.mkdir(parents=True, exist_ok=True)
     source_bytes = manifest_io.dir_bytes(model)
@@ -161,11 +162,11 @@ def run_bench(
 
     say(f"serving {len(served)} models side by side for throughput, TTFT and memory")
     entries = [model_entry(mid, path, q) for mid, (path, q) in served.items()]
-    with Server(deployments_yaml(entries, free_port()), scratch_dir("qbench-")) as server:
+    with frugal_server(deployments_yaml(entries), timeout_s=SERVE_READY_TIMEOUT_S) as server:
         by_name = {r.model: r for r in rows}
         for mid in served:
-            measure(server.base_url, mid, load_per_cell, concurrency)  # warm-up, not counted
-            tput, ttft = measure(server.base_url, mid, load_per_cell, concurrency)
+            measure(server.url, mid, load_per_cell, concurrency)  # warm-up, not counted
+            tput, ttft = measure(server.url, mid, load_per_cell, concurrency)
             row = by_name[mid]
             row.throughput_tok_s = round(tput, 1)
             row.ttft_ms_p50 = round(ttft, 1) if ttft is not None else None

