@@ -10,7 +10,7 @@ dies with SIGILL on its first tile instruction. torch inductor asks in compiled 
 then only on some batch shapes (very short prompts killed the engine every time).
 
 Where the request is made: vLLM's general-plugin entry point
-(`vllm.general_plugins` in pyproject.toml -> `vllm_plugin` below). vLLM loads general
+(`vllm.general_plugins` in pyproject.toml -> `serving.vllm_plugin.load`). vLLM loads
 plugins in every process it starts, the API/engine-client process, the EngineCore and
 each worker, before any model code runs; the permission is per process, so a call in
 the parent alone is not enough (EngineCore and workers are spawned, not forked).
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import platform
 from functools import cache
 
@@ -107,12 +106,6 @@ def feature_summary() -> str:
     present = [name for name in REPORTED_FLAGS if name in flags]
     return "CPU flags used by the CPU engine: " + (" ".join(present) or "none of " +
                                                     " ".join(REPORTED_FLAGS))
-
-
-def vllm_plugin() -> None:
-    """vLLM general plugin (loaded in every vLLM process): request AMX before any kernel."""
-    if request_amx():
-        logger.debug("AMX tile data permitted in pid %s", os.getpid())
 
 
 def attention_isa(dtype: object, block_size: int, head_size: int, kv_cache_dtype: str) -> str:

@@ -44,7 +44,7 @@ def test_request_is_a_silent_noop_without_amx(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(cpu_features, "_arch_prctl", lambda *args: called.append(args) or -1)
     assert cpu_features.request_amx() is False
     assert cpu_features.amx_permitted() is False
-    cpu_features.vllm_plugin()
+    cpu_features.request_amx()
     assert called == [], "no syscall on a CPU without AMX"
 
 

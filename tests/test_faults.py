@@ -114,3 +114,32 @@ def test_dead_engine_is_503_not_a_hang(server, tight_engine: psutil.Process) -> 
     ok = httpx.post(f"{server.base_url}/chat/completions", timeout=60,
                     json=chat_body("zoo-s", max_tokens=4))
     assert ok.status_code == 200
+
+
+def _replica_of(deployment: str) -> psutil.Process:
+    for process in psutil.process_iter(["cmdline"]):
+        if any(deployment in part for part in process.info["cmdline"] or []):
+            return process
+    raise AssertionError(f"no replica process found for {deployment}")
+
+
+#: An orphaned engine process must be gone this long after its replica died
+#: (serving/parent_watchdog.py polls once a second).
+ORPHAN_DEADLINE_S = 10
+
+
+def test_engine_processes_exit_when_their_replica_is_killed(tight: str) -> None:
+    """SIGKILL of a model replica (what `ray stop --force` or a killed server does to it)
+    must not leave its EngineCore and workers running, re-parented to init."""
+    engine = _engine_core_of(f"model-{tight}")
+    replica = engine.parent()
+    assert replica is not None
+    engines = [engine, *engine.children(recursive=True)]
+    os.kill(replica.pid, signal.SIGKILL)
+    started = time.monotonic()
+    gone, alive = psutil.wait_procs(engines, timeout=ORPHAN_DEADLINE_S)
+    left = [p.pid for p in alive]
+    for process in alive:  # do not leak them into the rest of the suite either way
+        process.kill()
+    assert not left, f"engine processes {left} outlived their replica by {ORPHAN_DEADLINE_S} s"
+    print(f"engine processes gone {time.monotonic() - started:.1f} s after the replica")

@@ -8,6 +8,8 @@ their own modules. Every command imports its heavy dependencies inside its funct
 
 from __future__ import annotations
 
+import json
+
 import typer
 
 from serving.bench.eval_cli import eval_command, route_command
@@ -92,3 +94,36 @@ def serve(
             out=Path(out), command=command, progress=progress, say=console.print, stream=stream,
             stream_interval=stream_interval, colocate=colocate)
     print(markdown(result))
+
+
+@app.command("cpu-kernels")
+def cpu_kernels(
+    model_path: str = typer.Option("zoo/zoo-l", help="bf16 checkpoint to generate with."),
+    rounds: int = typer.Option(3, min=1, help="Alternating rounds per kernel family."),
+    prompts: int = typer.Option(128, min=1, help="Prompts per timed batch."),
+    max_tokens: int = typer.Option(64, min=1, help="Output tokens per prompt (ignore_eos)."),
+    out: str = typer.Option("docs/bench/cpu-kernels", help="Where results.md/.json go."),
+) -> None:
+    """vLLM's AMX attention kernels vs its AVX-512 `vec` kernels, side by side (AMX CPUs)."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from serving.bench.cpu_kernels import markdown, run
+    from serving.cpu_features import feature_summary, has_amx
+
+    console = Console(stderr=True)
+    if not has_amx():
+        console.print("[red]this CPU has no AMX (amx_tile flag)[/red]: nothing to compare")
+        raise typer.Exit(1)
+    command = (f"frugal bench cpu-kernels --model-path {model_path} --rounds {rounds} "
+               f"--prompts {prompts} --max-tokens {max_tokens}")
+    with console.status(f"{rounds} rounds x amx, vec (an engine start each)..."):
+        runs = run(Path(model_path), rounds, prompts, max_tokens)
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    report = markdown(runs, command, feature_summary().split(": ", 1)[1])
+    (target / "results.md").write_text(report)
+    (target / "results.json").write_text(
+        json.dumps([r.model_dump() | {"tokens_per_s": r.tokens_per_s} for r in runs], indent=1))
+    print(report)
