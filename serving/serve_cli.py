@@ -80,9 +80,13 @@ messages=[{{'role': 'user', 'content': 'What is 3 + 4?'}}]).choices[0].message.c
 """
 
 
-def _wait_ready(base_url: str, models: list[str], timeout_s: float) -> None:
-    """Poll until each model answers a one-token request (engines compile on start)."""
+def _wait_ready(base_url: str, models: list[str], timeout_s: float,
+                api_key: str | None = None) -> None:
+    """Poll until each model answers a one-token request (engines compile on start);
+    with keys configured, the probe authenticates with one of them (else: 401 forever)."""
     import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     deadline = time.monotonic() + timeout_s
     pending = list(models)
@@ -94,6 +98,7 @@ def _wait_ready(base_url: str, models: list[str], timeout_s: float) -> None:
                 reply = httpx.post(
                     f"{base_url}/completions",
                     json={"model": model, "prompt": "1", "max_tokens": 1},
+                    headers=headers,
                     timeout=30,
                 )
                 if reply.status_code == 200:
@@ -191,7 +196,8 @@ def serve(
     base_url = f"http://{shown_host}:{http.port}/v1"
     models = [m.model_id for m in config.models]
     try:
-        _wait_ready(base_url, models, ready_timeout)
+        keys = config.gateway.api_keys
+        _wait_ready(base_url, models, ready_timeout, keys[0] if keys else None)
     except TimeoutError as exc:
         console.print(f"[red]{exc}[/red]")
         _stop()

@@ -142,7 +142,7 @@ def test_each_key_routes_by_its_own_quality_target(auto_server: str) -> None:
     assert all(model != "zoo-s" for model in chosen["key-strict"]), chosen
 
 
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", "Bearer "])
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", "Basic a2V5LWRlZmF1bHQ="])
 def test_missing_or_wrong_key_is_401(auto_server: str, authorization: str | None) -> None:
     headers = {"Authorization": authorization} if authorization else {}
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}

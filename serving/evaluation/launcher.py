@@ -183,7 +183,9 @@ def frugal_server(
                                    f"{log_path}:\n{_tail(log_path)}")
             time.sleep(1)
         url = ready[0]
-        if httpx.get(f"{url}/models", timeout=30).status_code != 200:
+        keys = (config.get("gateway") or {}).get("api_keys") or []
+        auth = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+        if httpx.get(f"{url}/models", headers=auth, timeout=30).status_code != 200:
             raise RuntimeError(f"frugal printed READY but {url}/models fails; log: {log_path}")
         yield Running(url, process.pid, log_path)
     finally:
