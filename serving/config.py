@@ -336,6 +336,66 @@ class CostConfig(StrictModel):
     )
 
 
+class StoreConfig(StrictModel):
+    """Where durable state lives: files, batches and their lines (lever 4), shared by
+    every gateway replica. SQLite (WAL) on a local disk by default; PostgreSQL for a
+    cluster, where replicas on several pods must see the same rows (docs/batch.md)."""
+
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy database URL (postgresql+psycopg://user:pass@host/db). "
+        "Default: SQLite at `<state_dir>/frugal.db`. `FRUGAL_STORE_URL` overrides it.",
+    )
+    state_dir: str = Field(
+        "state",
+        description="Directory of the SQLite file and of file bytes (relative paths are "
+        "relative to the YAML file).",
+    )
+    files_dir: str | None = Field(
+        None, description="Where file bytes go. Default: `<state_dir>/files`."
+    )
+
+    def database_url(self) -> str:
+        env = os.environ.get("FRUGAL_STORE_URL")
+        if env:
+            return env
+        return self.url or f"sqlite:///{Path(self.state_dir) / 'frugal.db'}"
+
+    def files_path(self) -> Path:
+        return Path(self.files_dir) if self.files_dir else Path(self.state_dir) / "files"
+
+
+class BatchConfig(StrictModel):
+    """Lever 4: the Files and Batches API, run on idle capacity (docs/batch.md)."""
+
+    enabled: bool = Field(True, description="Serve /v1/files and /v1/batches and run batches.")
+    max_file_bytes: int = Field(
+        200 * 1024 * 1024, ge=1, description="Larger uploads get a 413."
+    )
+    max_lines: int = Field(50_000, ge=1, description="A batch input with more lines fails.")
+    idle_in_flight: int = Field(
+        256, ge=1, description="Batch lines in flight per gateway replica when no "
+        "interactive request is running (fills idle engines)."
+    )
+    busy_in_flight: int = Field(
+        2, ge=0, description="Batch lines in flight per gateway replica while interactive "
+        "requests run or ran within `quiet_s` (headroom for them; 0 pauses batches)."
+    )
+    quiet_s: float = Field(
+        2.0, ge=0, description="Seconds without an interactive request before batches "
+        "take the idle cap again."
+    )
+    engine_priority: int = Field(
+        10, ge=0, description="vLLM request priority of batch lines (interactive ones are "
+        "0; lower runs first) on engines with `scheduling_policy: priority`."
+    )
+    lease_s: float = Field(
+        15.0, gt=0, description="A batch whose runner has not renewed its lease for this "
+        "long (its replica died) is taken over by another runner."
+    )
+    poll_s: float = Field(0.5, gt=0, description="How often an idle runner looks for work.")
+
+
 class FrugalConfig(StrictModel):
     """The whole deployments YAML."""
 
@@ -344,6 +404,8 @@ class FrugalConfig(StrictModel):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
     models: list[ModelConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -484,6 +546,10 @@ def load_config(path: str | Path, *, check_engine_args: bool = False) -> FrugalC
         value = getattr(config.router, key)
         if value is not None:
             setattr(config.router, key, str((base_dir / os.path.expanduser(value)).resolve()))
+    for key in ("state_dir", "files_dir"):  # durable state too
+        value = getattr(config.store, key)
+        if value is not None:
+            setattr(config.store, key, str((base_dir / os.path.expanduser(value)).resolve()))
     if check_engine_args:
         problems += _check_engine_kwargs(config)
     if problems:
