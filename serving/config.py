@@ -26,6 +26,9 @@ from serving.router.config import RouterConfig
 DEFAULT_ENGINE_KWARGS: dict[str, Any] = {
     "enable_prefix_caching": True,
     "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+    # Batch lines (lever 4) ask for a lower priority than interactive requests; vLLM
+    # honours it only under this policy (and refuses it under fcfs).
+    "scheduling_policy": "priority",
 }
 
 

@@ -28,6 +28,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import metrics
+from serving.batch.app import Batches, start_batches
+from serving.batch.service import BatchService
 from serving.config import FrugalConfig
 from serving.errors import APIError, error_response
 from serving.levers import build_chain
@@ -103,6 +105,10 @@ class Gateway:
         self.caller = ModelCaller(handles, config.gateway.retry_after_s)
         self.pipeline = Pipeline(config, build_chain(config, self.router), self.caller)
         logger.info("lever chain: %s", " -> ".join(self.pipeline.chain.names))
+        # Lever 4: the Files and Batches API and this replica's batch runner.
+        self.batches: Batches | None = (
+            start_batches(config, self.pipeline) if config.batch.enabled else None
+        )
 
     async def check_health(self) -> None:
         """Ray Serve calls this periodically; a dead colocated engine restarts the
@@ -172,6 +178,56 @@ class Gateway:
             body, endpoint, self.pipeline.chain.extra_fields
         )
         return render(await self.pipeline.run(ctx))
+
+    # --- files and batches (lever 4, serving/batch): admit, then the service ------------
+
+    @app.post("/v1/files")
+    async def create_file(self, raw: Request) -> dict[str, Any]:
+        return await self._batch_api(raw).create_file(await self._owner(raw), raw)
+
+    @app.get("/v1/files")
+    async def list_files(self, raw: Request) -> dict[str, Any]:
+        return await self._batch_api(raw).list_files(await self._owner(raw), raw)
+
+    @app.get("/v1/files/{file_id}")
+    async def retrieve_file(self, file_id: str, raw: Request) -> dict[str, Any]:
+        return await self._batch_api(raw).retrieve_file(await self._owner(raw), file_id)
+
+    @app.get("/v1/files/{file_id}/content")
+    async def file_content(self, file_id: str, raw: Request) -> Response:
+        chunks = await self._batch_api(raw).file_content(await self._owner(raw), file_id)
+        return StreamingResponse(chunks, media_type="application/octet-stream")
+
+    @app.delete("/v1/files/{file_id}")
+    async def delete_file(self, file_id: str, raw: Request) -> dict[str, Any]:
+        return await self._batch_api(raw).delete_file(await self._owner(raw), file_id)
+
+    @app.post("/v1/batches")
+    async def create_batch(self, raw: Request) -> dict[str, Any]:
+        return await self._batch_api(raw).create_batch(await self._owner(raw), raw)
+
+    @app.get("/v1/batches")
+    async def list_batches(self, raw: Request) -> dict[str, Any]:
+        return await self._batch_api(raw).list_batches(await self._owner(raw), raw)
+
+    @app.get("/v1/batches/{batch_id}")
+    async def retrieve_batch(self, batch_id: str, raw: Request) -> dict[str, Any]:
+        return await self._batch_api(raw).retrieve_batch(await self._owner(raw), batch_id)
+
+    @app.post("/v1/batches/{batch_id}/cancel")
+    async def cancel_batch(self, batch_id: str, raw: Request) -> dict[str, Any]:
+        return await self._batch_api(raw).cancel_batch(await self._owner(raw), batch_id)
+
+    def _batch_api(self, raw: Request) -> BatchService:
+        if self.batches is None:
+            raise APIError(404, f"{raw.url.path}: the batch API is off (batch.enabled)")
+        return self.batches.service
+
+    async def _owner(self, raw: Request) -> str:
+        """The caller's key label (after the tenant lever admitted it): rows' owner."""
+        ctx = self._context(raw, Endpoint.CHAT)
+        await self.pipeline.admit(ctx)
+        return ctx.key_label
 
     def _context(self, raw: Request, endpoint: Endpoint) -> RequestContext:
         return RequestContext(

@@ -3,6 +3,7 @@
 Chain order (hooks run in this order; docs/architecture.md explains each step):
 
 1. tenant        who is calling: API key -> 401 (admit)
+   batch         lever 4: interactive load for batch admission; batch lines' priority
 2. router        lever 1: model="auto" -> the cheapest model good enough
 3. cascade       lever 1: retry a doubtful `auto` answer on a larger model (if on)
 4. reasoning     lever 2: effort or exact budget -> the engine's thinking budget
@@ -20,6 +21,7 @@ from __future__ import annotations
 from serving.config import FrugalConfig
 from serving.cost import CostModel
 from serving.levers.accounting import AccountingLever
+from serving.levers.batch import BatchLever
 from serving.levers.cascade import CascadeLever
 from serving.levers.prompt_cache import PromptCacheLever
 from serving.levers.reasoning import ReasoningLever
@@ -37,6 +39,7 @@ def build_chain(config: FrugalConfig, router: Router | None) -> Chain:
     prices = router.prices if router is not None else price_table(config)
     levers: list[Lever | None] = [
         TenantLever(config.gateway.api_keys),
+        BatchLever(config.batch.engine_priority) if config.batch.enabled else None,
         RouterLever(router),
         CascadeLever(router) if router is not None and router.cascade else None,
         ReasoningLever(),

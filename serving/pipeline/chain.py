@@ -36,6 +36,10 @@ class Chain:
     def names(self) -> list[str]:
         return [lever.name for lever in self.levers]
 
+    def lever(self, name: str) -> Lever | None:
+        """The lever called `name`, or None when it is off."""
+        return next((lever for lever in self.levers if lever.name == name), None)
+
     def has(self, hook: str) -> bool:
         return bool(self._by_hook[hook])
 

@@ -79,6 +79,7 @@ class RequestContext:
     confidence: float | None = None  # the cascade's estimate for the first answer
     prefix_label: str = "other"  # prompt-prefix label for the cache report
     late_fixed_prompt: bool = False  # repeats a recent prompt's tail after a new head
+    counted_interactive: bool = False  # the batch lever counts it in the interactive load
     structured: bool = False  # the request constrains the answer (response_format, ...)
     json_capped_fields: int = 0  # subschemas the structured lever bounded (last call)
 

@@ -1,0 +1,34 @@
+"""Wires lever 4 into a gateway replica: the store, the API service and the runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from serving.batch.admission import BatchAdmission, InteractiveLoad
+from serving.batch.runner import BatchRunner
+from serving.batch.service import BatchService
+from serving.batch.store import BatchStore
+from serving.config import FrugalConfig
+from serving.pipeline.pipeline import Pipeline
+from serving.store.blobs import LocalBlobStore
+from serving.store.db import open_engine, session_factory
+
+
+@dataclass
+class Batches:
+    service: BatchService
+    runner: BatchRunner
+
+
+def start_batches(config: FrugalConfig, pipeline: Pipeline) -> Batches:
+    """Open the store and start this replica's runner (call inside the replica's loop).
+
+    The runner reads the interactive load the batch lever counts on this replica's
+    pipeline; without the lever (it is on whenever batches are) it sees none."""
+    engine = open_engine(config.store.database_url())
+    store = BatchStore(session_factory(engine), LocalBlobStore(config.store.files_path()))
+    lever = pipeline.chain.lever("batch")
+    load = getattr(lever, "load", None) or InteractiveLoad()
+    runner = BatchRunner(store, pipeline, config.batch, BatchAdmission(config.batch, load))
+    runner.start()
+    return Batches(BatchService(store, config.batch), runner)

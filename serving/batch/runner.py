@@ -1,0 +1,328 @@
+"""The batch runner: claims batches, runs their lines through the request pipeline in
+this process, and commits each line's result exactly once.
+
+One runner lives in each gateway replica. It holds a lease on each batch it works on and
+renews it; a replica that dies stops renewing, and a runner elsewhere (or the restarted
+server) takes the batch over after `batch.lease_s`. Lines run through `Pipeline.run`,
+exactly as online requests do, at batch priority (no HTTP hop per line); how many run at
+once is `BatchAdmission`'s decision. Results are committed in groups every 100 ms; a
+crash loses at most the uncommitted lines in flight, which are pending again and run
+again after the restart: every line ends up in the output or error file exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+
+from serving.batch.admission import BatchAdmission
+from serving.batch.models import BATCH_ENDPOINTS, InputLine
+from serving.batch.store import BatchStore, LineResult
+from serving.config import BatchConfig
+from serving.errors import APIError, error_body
+from serving.pipeline.context import Endpoint, Priority, RequestContext
+from serving.pipeline.parse import parse_request
+from serving.pipeline.pipeline import Pipeline
+from serving.store.tables import BatchLineRow, BatchRow
+
+logger = logging.getLogger("frugal.batch")
+
+FLUSH_S = 0.1
+FETCH = 512  # pending lines read from the store at a time
+
+
+class BatchRunner:
+    def __init__(self, store: BatchStore, pipeline: Pipeline, config: BatchConfig,
+                 admission: BatchAdmission) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.config = config
+        self.admission = admission
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"[:64]
+        self.jobs: dict[str, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        for task in [self._task, *self.jobs.values()]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._task, *self.jobs.values()] if t),
+                             return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                claimed = await asyncio.to_thread(self.store.claim, self.id,
+                                                  self.config.lease_s, 8)
+                for batch_id in claimed:
+                    if batch_id not in self.jobs:
+                        self.jobs[batch_id] = asyncio.create_task(self._job(batch_id))
+                        self.jobs[batch_id].add_done_callback(
+                            lambda _t, b=batch_id: self.jobs.pop(b, None))
+            except Exception:
+                logger.exception("batch runner: claiming failed; retrying")
+            await asyncio.sleep(self.config.poll_s)
+
+    async def _job(self, batch_id: str) -> None:
+        """One batch, from wherever it stands, to its end (or until the lease is lost)."""
+        work = asyncio.current_task()
+        renewer = asyncio.create_task(self._renew(batch_id, work))
+        try:
+            batch = await asyncio.to_thread(self.store.get_batch, None, batch_id)
+            if batch.status == "validating":
+                await self._validate(batch)
+                batch = await asyncio.to_thread(self.store.get_batch, None, batch_id)
+            if batch.status == "in_progress":
+                await _LineJob(self, batch).run()
+            await self._finish(batch_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("batch %s: runner failed; another pass will resume it", batch_id)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.release, self.id, batch_id)
+
+    async def _renew(self, batch_id: str, work: asyncio.Task[Any] | None) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_s / 3)
+            try:
+                held = await asyncio.to_thread(self.store.renew, self.id, batch_id,
+                                               self.config.lease_s)
+            except Exception:
+                logger.exception("batch %s: lease renewal failed", batch_id)
+                continue
+            if not held and work is not None:
+                logger.warning("batch %s: lease taken over by another runner", batch_id)
+                work.cancel()
+                return
+
+    async def _finish(self, batch_id: str) -> None:
+        status = await asyncio.to_thread(self.store.status, batch_id)
+        if status not in ("in_progress", "finalizing", "cancelling"):
+            return
+        batch = await asyncio.to_thread(self.store.get_batch, None, batch_id)
+        pending = await asyncio.to_thread(self.store.count_pending, batch_id)
+        if status == "cancelling":
+            code: str | None = "batch_cancelled"
+        elif pending and time.time() > batch.expires_at:
+            code = "batch_expired"
+        elif pending:
+            return  # lines left (the lease moved): whoever holds it finishes
+        else:
+            code = None
+        await asyncio.to_thread(self.store.begin_finalizing, batch_id)
+        final = await asyncio.to_thread(self.store.finalize, batch_id, code)
+        logger.info("batch %s %s", batch_id, final)
+
+    async def _validate(self, batch: BatchRow) -> None:
+        try:
+            lines, early, errors = await asyncio.to_thread(self._read_input, batch)
+        except FileNotFoundError:
+            lines, early, errors = [], [], [_error("file_not_found", "the input file is gone")]
+        if errors:
+            await asyncio.to_thread(self.store.fail_batch, batch.id, errors)
+        else:
+            await asyncio.to_thread(self.store.start_batch, batch.id, lines, early)
+
+    def _read_input(self, batch: BatchRow
+                    ) -> tuple[list[BatchLineRow], list[LineResult], list[dict[str, Any]]]:
+        """Lines to run, lines that failed already (bad JSON or envelope), and reasons the
+        whole batch is refused (too many lines, a duplicate custom_id, no lines)."""
+        lines: list[BatchLineRow] = []
+        early: list[LineResult] = []
+        seen: dict[str, int] = {}
+        with self.store.blobs.open(batch.input_file_id) as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                if len(lines) + len(early) >= self.config.max_lines:
+                    return [], [], [_error(
+                        "too_many_lines", f"a batch holds at most {self.config.max_lines} "
+                        "lines", number)]
+                try:
+                    item = InputLine.model_validate_json(raw)
+                except ValidationError as exc:
+                    early.append(_early_failure(batch, number, raw, exc))
+                    continue
+                if item.custom_id in seen:
+                    return [], [], [_error(
+                        "duplicate_custom_id", f"custom_id {item.custom_id!r} is used on "
+                        f"lines {seen[item.custom_id]} and {number}", number, "custom_id")]
+                seen[item.custom_id] = number
+                if item.url != batch.endpoint:
+                    early.append(_failure_line(batch, number, item.custom_id, "invalid_url",
+                                               f"url {item.url!r} is not the batch's "
+                                               f"endpoint {batch.endpoint!r}"))
+                    continue
+                lines.append(BatchLineRow(batch_id=batch.id, line=number,
+                                          custom_id=item.custom_id,
+                                          request=json.dumps(item.body), state="pending",
+                                          attempts=0))
+        if not lines and not early:
+            return [], [], [_error("empty_file", "the input file has no lines")]
+        return lines, early, []
+
+
+class _LineJob:
+    """The lines of one in-progress batch: dispatch under admission, commit in groups."""
+
+    def __init__(self, runner: BatchRunner, batch: BatchRow) -> None:
+        self.runner = runner
+        self.store = runner.store
+        self.batch = batch
+        self.endpoint = Endpoint(BATCH_ENDPOINTS[batch.endpoint])
+        self.done: list[LineResult] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.cancelled = False  # the batch is cancelling: start no more lines
+        self._flushing = asyncio.Lock()  # a flush waits for the one in progress
+
+    @property
+    def stopping(self) -> bool:
+        """Cancelled, or past its window: start no more lines."""
+        return self.cancelled or time.time() > self.batch.expires_at
+
+    async def run(self) -> None:
+        flusher = asyncio.create_task(self._flush_every())
+        watcher = asyncio.create_task(self._watch())
+        try:
+            while not self.stopping:
+                if not await self._dispatch_pass():
+                    break
+        finally:
+            if self.tasks:
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+            watcher.cancel()
+            flusher.cancel()
+            await asyncio.shield(self._flush())
+
+    async def _dispatch_pass(self) -> bool:
+        """Start every pending line once; True when lines are still pending after it."""
+        after = 0
+        while not self.stopping:
+            rows = await asyncio.to_thread(self.store.pending_lines, self.batch.id, FETCH,
+                                           after)
+            if not rows:
+                break
+            for row in rows:
+                await self.runner.admission.acquire()
+                if self.stopping:
+                    self.runner.admission.release()
+                    return False
+                task = asyncio.create_task(self._line(row))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            after = rows[-1].line
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self._flush()
+        return not self.stopping and bool(
+            await asyncio.to_thread(self.store.count_pending, self.batch.id))
+
+    async def _line(self, row: BatchLineRow) -> None:
+        try:
+            self.done.append(await run_line(self.runner.pipeline, self.batch, self.endpoint,
+                                            row))
+        finally:
+            self.runner.admission.release()
+
+    async def _watch(self) -> None:
+        """Stop dispatching when the batch is cancelled."""
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                if await asyncio.to_thread(self.store.status, self.batch.id) == "cancelling":
+                    self.cancelled = True
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            try:
+                await self._flush()
+            except Exception:
+                logger.exception("batch %s: commit failed; will retry", self.batch.id)
+
+    async def _flush(self) -> None:
+        async with self._flushing:
+            if not self.done:
+                return
+            results, self.done = self.done, []
+            try:
+                await asyncio.to_thread(self.store.commit_results, self.batch.id, results)
+            except BaseException:
+                self.done[:0] = results  # keep them for the next try
+                raise
+
+
+async def run_line(pipeline: Pipeline, batch: BatchRow, endpoint: Endpoint,
+                   row: BatchLineRow) -> LineResult:
+    """One line through the same pipeline as an online request, at batch priority."""
+    ctx = RequestContext(endpoint=endpoint, priority=Priority.BATCH, key_label=batch.owner)
+    request_id = f"req_{uuid.uuid4().hex[:24]}"
+    try:
+        body = json.loads(row.request or "{}")
+        if body.get("stream"):
+            raise APIError(400, "stream is not supported in a batch line", param="stream")
+        ctx.request, ctx.extras, ctx.options = parse_request(
+            body, endpoint, pipeline.chain.extra_fields)
+        answer = await pipeline.run(ctx)
+        status, out = answer.status, answer.body  # type: ignore[union-attr]
+    except APIError as exc:
+        status, out = exc.status, error_body(exc.status, exc.message, exc.param)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a bug or an engine crash: the line fails, the batch goes on
+        logger.exception("batch %s line %d failed", batch.id, row.line)
+        status, out = 500, error_body(500, f"internal error: {type(exc).__name__}")
+    output: dict[str, Any] = {
+        "id": f"batch_req_{batch.id[6:]}_{row.line}", "custom_id": row.custom_id,
+        "response": {"status_code": status, "request_id": request_id, "body": out},
+        "error": None,
+    }
+    if status != 200:
+        error = out.get("error") or {}
+        output["error"] = {"code": str(error.get("type") or status),
+                           "message": error.get("message", ""), "line": row.line}
+    return LineResult(row.line, status, output, out.get("usage") if status == 200 else None)
+
+
+def _error(code: str, message: str, line: int | None = None,
+           param: str | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "line": line, "param": param}
+
+
+def _failure_line(batch: BatchRow, number: int, custom_id: str | None, code: str,
+                  message: str) -> LineResult:
+    return LineResult(number, None, {
+        "id": f"batch_req_{batch.id[6:]}_{number}", "custom_id": custom_id, "response": None,
+        "error": {"code": code, "message": message, "line": number},
+    })
+
+
+def _early_failure(batch: BatchRow, number: int, raw: bytes,
+                   exc: ValidationError) -> LineResult:
+    """A line that is not JSON, or not a `{custom_id, method, url, body}` object."""
+    custom_id = None
+    with contextlib.suppress(Exception):
+        value = json.loads(raw).get("custom_id")
+        custom_id = value if isinstance(value, str) else None
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return _failure_line(batch, number, custom_id, "invalid_json",
+                             f"line {number} is not valid JSON: {first['msg']}")
+    field = ".".join(str(p) for p in first["loc"])
+    return _failure_line(batch, number, custom_id, "invalid_request",
+                         f"line {number}: {field}: {first['msg']}")
