@@ -47,6 +47,8 @@ def server_config(model_path: Path) -> dict:
         "gateway": {"deployment_config": {"num_replicas": 2, "max_ongoing_requests": 1024}},
         # The tight model doubles as the expensive baseline of the cost account.
         "cost": {"baseline_model": "zoo-s-tight"},
+        # A small upload limit, so the 413 test need not send 200 MB.
+        "batch": {"max_file_bytes": 1024 * 1024},
         "models": [
             {
                 "model_loading_config": {"model_id": "zoo-s", "model_source": str(model_path)},
