@@ -1,7 +1,7 @@
 """The `frugal` command line: one entry point, one sub-command per job.
 
 This module is the composition root, and the only one that knows every layer: it adds
-`serve` and each sub-app (config, zoo, bench, cache, quantize, router), each defined with
+`serve` and each sub-app (config, zoo, bench, cache, quantize, router, batch), each defined with
 its commands in its own module. No package module imports this one.
 
 Sub-command modules import their heavy dependencies (torch, vLLM, Ray) inside the
@@ -13,6 +13,7 @@ from __future__ import annotations
 import typer
 
 from quantize.cli import app as quantize_app
+from serving.batch_cli import app as batch_app
 from serving.bench.cli import app as bench_app
 from serving.cache_cli import app as cache_app
 from serving.config_cli import app as config_app
@@ -33,6 +34,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(cache_app, name="cache")
 app.add_typer(quantize_app, name="quantize")
 app.add_typer(router_app, name="router")
+app.add_typer(batch_app, name="batch")
 
 
 if __name__ == "__main__":
