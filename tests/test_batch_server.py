@@ -129,3 +129,25 @@ def test_bad_batch_requests_get_openai_shaped_4xx(client, server):
     # Not multipart at all: 400, never a 500.
     reply = httpx.post(f"{server.base_url}/files", content=b"plain", timeout=30)
     assert reply.status_code == 400 and reply.json()["error"]["message"]
+
+
+def test_frugal_batch_submit_wait_against_the_real_server(server, client, tmp_path):
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    source = tmp_path / "cli.jsonl"
+    source.write_bytes(lines_file(6, prefix="cli"))
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, [
+        "batch", "submit", str(source), "--wait", "--output", str(out),
+        "--base-url", server.base_url, "--poll-interval", "0.5",
+        "--wait-timeout", str(BATCH_TIMEOUT_S)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    batch_id = result.stdout.strip()
+    assert client.batches.retrieve(batch_id).status == "completed"
+    assert "6 total, 6 completed, 0 failed" in result.stderr
+    assert "saved by batch" in result.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["custom_id"] for r in rows] == [f"cli-{i}" for i in range(6)]  # input order
+    assert all(r["response"]["status_code"] == 200 for r in rows)
