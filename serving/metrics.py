@@ -52,6 +52,17 @@ LATENCY = Histogram(
     ["model", "endpoint"],
     buckets=LATENCY_BUCKETS,
 )
+BATCH_LINES = Counter(
+    "frugal_batch_lines",
+    "Batch lines answered (lever 4), by model and HTTP status; they are in frugal_requests "
+    "too.",
+    ["model", "status"],
+)
+BATCH_LINES_IN_FLIGHT = Gauge(
+    "frugal_batch_lines_in_flight",
+    "Batch lines the runner has admitted to the engines (see docs/batch.md, admission).",
+    multiprocess_mode="livesum",
+)
 IN_FLIGHT = Gauge(
     "frugal_requests_in_flight",
     "Requests the gateway is working on.",

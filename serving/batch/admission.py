@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from serving import metrics
 from serving.config import BatchConfig
 
 
@@ -61,7 +62,9 @@ class BatchAdmission:
             except TimeoutError:
                 pass
         self.in_use += 1
+        metrics.BATCH_LINES_IN_FLIGHT.inc()
 
     def release(self) -> None:
         self.in_use -= 1
+        metrics.BATCH_LINES_IN_FLIGHT.dec()
         self._changed.set()

@@ -234,7 +234,7 @@ class BatchStore:
 
     def commit_results(self, batch_id: str, results: Iterable[LineResult]) -> int:
         """Record finished lines; each only if still pending. Returns how many were new."""
-        new = 0
+        new = duplicates = 0
         with self.sessions.begin() as session:
             counts = {"completed": 0, "failed": 0}
             tokens = {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0,
@@ -248,13 +248,15 @@ class BatchStore:
                              result=json.dumps(result.output))
                 ).rowcount
                 if not changed:
+                    duplicates += 1
                     continue
                 new += 1
                 counts["completed" if result.status_code == 200 else "failed"] += 1
                 _add_usage(tokens, result.usage)
-            if new:
+            if new or duplicates:
+                changes = {**counts, **tokens, "duplicate_results": duplicates}
                 session.execute(update(BatchRow).where(BatchRow.id == batch_id).values(
-                    **{k: getattr(BatchRow, k) + v for k, v in {**counts, **tokens}.items()}
+                    **{k: getattr(BatchRow, k) + v for k, v in changes.items()}
                 ))
         return new
 

@@ -1,9 +1,9 @@
 """`frugal bench ...`: side-by-side benchmarks.
 
-The one place the bench commands are registered: `quantize` and `serve` are declared here,
-`eval`, `route` (serving/bench/eval_cli.py) and `levers` (serving/bench/levers_cli.py) in
-their own modules. Every command imports its heavy dependencies inside its function, so
-`frugal --help` stays fast.
+The one place the bench commands are registered: `quantize`, `serve`, `cpu-kernels` and
+`batch` are declared here, `eval`, `route` (serving/bench/eval_cli.py) and `levers`
+(serving/bench/levers_cli.py) in their own modules. Every command imports its heavy
+dependencies inside its function, so `frugal --help` stays fast.
 """
 
 from __future__ import annotations
@@ -127,3 +127,42 @@ def cpu_kernels(
     (target / "results.json").write_text(
         json.dumps([r.model_dump() | {"tokens_per_s": r.tokens_per_s} for r in runs], indent=1))
     print(report)
+
+
+@app.command("batch")
+def batch(
+    model_path: str = typer.Option("zoo/zoo-l", help="Checkpoint the server and the offline "
+                                                     "engine load."),
+    lines: int = typer.Option(2000, min=1, help="Lines of the batch (and of the offline and "
+                                                "online runs)."),
+    max_tokens: int = typer.Option(32, min=1, help="Output tokens per line (ignore_eos)."),
+    rounds: int = typer.Option(2, min=1, help="Alternating rounds of offline/batch/online."),
+    interactive_requests: int = typer.Option(
+        96, min=8, help="Streaming requests per interactive measurement (4 concurrent)."),
+    kills: int = typer.Option(5, min=0, help="kill -9 count of the crash part (0: skip it)."),
+    seed: int = typer.Option(7, help="Seed of the crash part's kill points."),
+    out: str = typer.Option("docs/bench/batch", help="Where results.json/.md, batch.png go."),
+) -> None:
+    """Lever 4 side by side in one run: batch vs offline LLM.chat vs online at 64
+    concurrent; interactive TTFT with and without a batch; N kills, lines lost and run
+    twice."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from serving.bench.batch_bench import markdown, run_batch_bench
+
+    console = Console(stderr=True)
+    path = Path(model_path)
+    if not (path / "config.json").exists():
+        console.print(f"[red]no checkpoint at {path}[/red] (build the zoo with `frugal zoo "
+                      "build`, or pass --model-path)")
+        raise typer.Exit(1)
+    command = (f"frugal bench batch --model-path {model_path} --lines {lines} --max-tokens "
+               f"{max_tokens} --rounds {rounds} --interactive-requests "
+               f"{interactive_requests} --kills {kills} --seed {seed} --out {out}")
+    result = run_batch_bench(
+        path, model_id=path.name, lines=lines, max_tokens=max_tokens, rounds=rounds,
+        interactive_requests=interactive_requests, kills=kills, seed=seed, out=Path(out),
+        command=command, say=console.print)
+    print(markdown(result))

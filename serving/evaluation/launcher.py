@@ -39,6 +39,7 @@ __all__ = [
     "free_port",
     "frugal_command",
     "frugal_server",
+    "kill_session",
     "log_file",
     "session_pids",
     "stop_session",
@@ -89,6 +90,20 @@ def stop_session(process: subprocess.Popen[Any], grace_s: float = STOP_GRACE_S) 
     if process.poll() is None:
         process.kill()
         process.wait(timeout=10)
+
+
+def kill_session(session_id: int, timeout_s: float = 10.0) -> int:
+    """SIGKILL every process of a session at once, as a machine losing power would: no
+    process gets to clean up (the crash tests of lever 4). Returns how many there were."""
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while (left := session_pids(session_id)) and time.monotonic() < deadline:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        time.sleep(0.2)
+    return len(killed)
 
 
 def wait_port_free(port: int, timeout_s: float = 30) -> None:

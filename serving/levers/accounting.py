@@ -84,6 +84,8 @@ class AccountingLever(Lever):
         endpoint = ctx.endpoint.value
         for call in ctx.calls:
             metrics.REQUESTS.labels(call.model, endpoint, str(call.status)).inc()
+            if ctx.priority is Priority.BATCH:
+                metrics.BATCH_LINES.labels(call.model, str(call.status)).inc()
             if call.usage is None:
                 continue
             metrics.record_tokens(call.model, call.usage)

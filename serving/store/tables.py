@@ -49,6 +49,9 @@ class BatchRow(Base):
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     saved_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    # Answers offered for a line that was already done (a second run of it), dropped
+    # uncounted: the evidence that no line is answered twice (docs/batch.md).
+    duplicate_results: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[int] = mapped_column(BigInteger, index=True)
     expires_at: Mapped[int] = mapped_column(BigInteger)
     in_progress_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

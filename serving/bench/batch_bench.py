@@ -1,0 +1,354 @@
+"""`frugal bench batch`: lever 4 measured side by side in one run (docs/batch.md).
+
+(a) Throughput of one batch on an idle server, against vLLM's offline `LLM.chat` on the
+    same prompts (a subprocess, while the server idles) and against the same requests
+    sent online at 64 concurrent. Every request asks for exactly `max_tokens` tokens
+    (ignore_eos), so tokens per second compare like with like. Rounds alternate the
+    order, so the shared machine's noise hits each alike.
+(b) Interactive TTFT at a steady 4 concurrent streams, alone and with a batch running
+    (the alone runs come before and after, and are averaged), and the batch's own
+    throughput while it shares the engine.
+(c) The crash test (`serving.bench.batch_crash`): N kills, lines lost, lines run twice.
+
+Both servers share the engine settings of `frugal bench serve` (`ENGINE`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from serving.bench.batch_crash import CrashReport, crash_run
+from serving.bench.batch_work import (
+    client,
+    done_lines,
+    finished,
+    jsonl,
+    line_bodies,
+    submit,
+    wait_for,
+)
+from serving.bench.loadgen import LoadResult, mean_result, run_load
+from serving.bench.serve_bench import ENGINE, ENGINE_ENV, frugal_config
+
+TARGET_OFFLINE_RATIO = 0.9
+TARGET_TTFT_P95_RATIO = 1.3
+INTERACTIVE_CONCURRENCY = 4
+ONLINE_CONCURRENCY = 64
+
+
+class Throughput(BaseModel):
+    """One way of running the lines: output tokens over wall time."""
+
+    way: str
+    round: int
+    lines: int
+    output_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds else 0.0
+
+
+class Sharing(BaseModel):
+    """(b): interactive streams alone and beside a running batch."""
+
+    alone: LoadResult
+    alone_runs: list[LoadResult]
+    with_batch: LoadResult
+    batch_lines_per_s: float = Field(description="The batch's lines done per second while "
+                                                 "it shared the engine.")
+    batch_lines_per_s_idle: float = Field(description="The same batch's rate on the idle "
+                                                      "engine, from part (a).")
+
+    @property
+    def p95_ratio(self) -> float:
+        return self.with_batch.ttft_p95_ms / self.alone.ttft_p95_ms if self.alone.ttft_p95_ms \
+            else 0.0
+
+    @property
+    def p50_ratio(self) -> float:
+        return self.with_batch.ttft_p50_ms / self.alone.ttft_p50_ms if self.alone.ttft_p50_ms \
+            else 0.0
+
+
+class BatchBench(BaseModel):
+    model: str
+    model_path: str
+    command: str
+    engine: dict[str, Any]
+    batch_config: dict[str, Any]
+    lines: int
+    max_tokens: int
+    load_average: tuple[float, float]
+    runs: list[Throughput]
+    sharing: Sharing
+    crash: CrashReport | None = None
+
+    def mean_tps(self, way: str) -> float:
+        rates = [r.tokens_per_s for r in self.runs if r.way == way]
+        return sum(rates) / len(rates) if rates else 0.0
+
+    def ratio(self, way: str) -> float:
+        offline = self.mean_tps("offline")
+        return self.mean_tps(way) / offline if offline else 0.0
+
+    def targets(self) -> dict[str, bool]:
+        met = {
+            f"batch >= {TARGET_OFFLINE_RATIO}x offline LLM.chat":
+                self.ratio("batch") >= TARGET_OFFLINE_RATIO,
+            f"interactive TTFT p95 with a batch <= {TARGET_TTFT_P95_RATIO}x alone":
+                0 < self.sharing.p95_ratio <= TARGET_TTFT_P95_RATIO,
+        }
+        if self.crash is not None:
+            met["crash: no line lost, none run twice"] = self.crash.ok
+        return met
+
+
+# -- (a) offline: vLLM's LLM in a subprocess ------------------------------------------------
+
+def _offline_worker(model: str, n: int, max_tokens: int) -> dict[str, Any]:
+    """In the subprocess: the engine of `ENGINE`, warm, then every line at once."""
+    from vllm import LLM, SamplingParams
+
+    from serving.config import DEFAULT_ENGINE_KWARGS
+
+    kwargs = {**DEFAULT_ENGINE_KWARGS, **ENGINE}
+    kwargs.pop("structured_outputs_config", None)  # no guided decoding in these lines
+    llm = LLM(model=model, **kwargs)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    conversations = [body["messages"] for body in line_bodies(n, model, max_tokens)]
+    llm.chat(conversations[:16], params, use_tqdm=False)  # warm-up
+    started = time.perf_counter()
+    outputs = llm.chat(conversations, params, use_tqdm=False)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(out.outputs[0].token_ids) for out in outputs)
+    return {"lines": len(outputs), "output_tokens": tokens, "seconds": seconds}
+
+
+def offline_run(model_path: Path, n: int, max_tokens: int, round_: int) -> Throughput:
+    env = {**os.environ, **ENGINE_ENV}
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.bench.batch_bench", str(model_path), str(n),
+         str(max_tokens)], capture_output=True, text=True, env=env, timeout=1800, check=False)
+    found = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"offline run failed:\n{done.stderr[-3000:]}")
+    return Throughput(way="offline", round=round_, **json.loads(found[-1][7:]))
+
+
+# -- (a) through frugal: one batch, and the same lines online ------------------------------
+
+def batch_run(url: str, model_id: str, n: int, max_tokens: int, round_: int) -> Throughput:
+    sdk = client(url)
+    data = jsonl(line_bodies(n, model_id, max_tokens))
+    started = time.perf_counter()
+    batch = submit(sdk, data)
+    final = wait_for(sdk, batch.id, finished, timeout_s=3600, poll_s=0.1)
+    seconds = time.perf_counter() - started
+    if final.status != "completed" or final.request_counts.failed:
+        raise RuntimeError(f"batch {final.id} ended {final.status}: {final.request_counts}")
+    return Throughput(way="batch", round=round_, lines=n,
+                      output_tokens=final.usage.output_tokens, seconds=seconds)
+
+
+async def _online(url: str, model_id: str, n: int, max_tokens: int) -> tuple[int, float]:
+    from openai import AsyncOpenAI
+
+    sdk = AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
+    bodies = line_bodies(n, model_id, max_tokens)
+    gate = asyncio.Semaphore(ONLINE_CONCURRENCY)
+
+    async def one(body: dict[str, Any]) -> int:
+        async with gate:
+            extra = {"ignore_eos": body.pop("ignore_eos")}
+            reply = await sdk.chat.completions.create(**body, extra_body=extra)
+            return reply.usage.completion_tokens
+
+    started = time.perf_counter()
+    tokens = await asyncio.gather(*(one(dict(b)) for b in bodies))
+    seconds = time.perf_counter() - started
+    await sdk.close()
+    return sum(tokens), seconds
+
+
+def online_run(url: str, model_id: str, n: int, max_tokens: int, round_: int) -> Throughput:
+    tokens, seconds = asyncio.run(_online(url, model_id, n, max_tokens))
+    return Throughput(way=f"online x{ONLINE_CONCURRENCY}", round=round_, lines=n,
+                      output_tokens=tokens, seconds=seconds)
+
+
+# -- (b) sharing -----------------------------------------------------------------------------
+
+def interactive(url: str, model_id: str, requests: int, max_tokens: int) -> LoadResult:
+    return asyncio.run(run_load(url, model_id, concurrency=INTERACTIVE_CONCURRENCY,
+                                requests=requests, max_tokens=max_tokens, stream=True))
+
+
+def sharing_run(url: str, model_id: str, n: int, max_tokens: int, requests: int,
+                idle_rate: float) -> Sharing:
+    """Interactive alone, then beside a batch of `n` lines (cancelled after), then alone."""
+    before = interactive(url, model_id, requests, max_tokens)
+    sdk = client(url)
+    batch = submit(sdk, jsonl(line_bodies(n, model_id, max_tokens)))
+    wait_for(sdk, batch.id, lambda b: finished(b) or done_lines(b) > 0, timeout_s=600)
+    start_done, started = done_lines(sdk.batches.retrieve(batch.id)), time.perf_counter()
+    shared = interactive(url, model_id, requests, max_tokens)
+    state = sdk.batches.retrieve(batch.id)
+    rate = (done_lines(state) - start_done) / (time.perf_counter() - started)
+    if finished(state):
+        raise RuntimeError("the batch ended while interactive requests were measured: "
+                           "give it more lines (--lines)")
+    sdk.batches.cancel(batch.id)
+    wait_for(sdk, batch.id, finished, timeout_s=600)
+    time.sleep(3)  # admission's quiet_s: the engine is idle again
+    after = interactive(url, model_id, requests, max_tokens)
+    return Sharing(alone=mean_result([before, after]), alone_runs=[before, after],
+                   with_batch=shared, batch_lines_per_s=rate, batch_lines_per_s_idle=idle_rate)
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+def bench_config(model_path: Path, model_id: str, state_dir: Path) -> dict[str, Any]:
+    """`frugal bench serve`'s deployment (the model inside the gateway's process) plus a
+    store of its own and a short lease for the crash part."""
+    config = frugal_config(model_path, model_id, ENGINE, colocate=True)
+    config["store"] = {"state_dir": str(state_dir)}
+    config["batch"] = {"lease_s": 3, "poll_s": 0.2}
+    return config
+
+
+def run_batch_bench(
+    model_path: Path, *, model_id: str, lines: int, max_tokens: int, rounds: int,
+    interactive_requests: int, kills: int, seed: int, out: Path, command: str,
+    say: Callable[[str], None] = print,
+) -> BatchBench:
+    from serving.evaluation.launcher import frugal_server
+
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="frugal-bench-batch-"))  # logs and stores
+    say(f"logs and stores in {scratch}")
+    config = bench_config(model_path, model_id, scratch / "state")
+    load_start = os.getloadavg()[0]
+    runs: list[Throughput] = []
+    with frugal_server(config, log_dir=scratch / "logs") as server:
+        online_run(server.url, model_id, ONLINE_CONCURRENCY, 8, -1)  # warm-up
+        for round_ in range(rounds):
+            ways = ["offline", "batch", "online"]
+            for way in ways if round_ % 2 == 0 else ways[::-1]:
+                say(f"round {round_ + 1}/{rounds}: {way}, {lines} lines")
+                if way == "offline":
+                    run = offline_run(model_path, lines, max_tokens, round_)
+                elif way == "batch":
+                    run = batch_run(server.url, model_id, lines, max_tokens, round_)
+                else:
+                    run = online_run(server.url, model_id, lines, max_tokens, round_)
+                say(f"  {run.tokens_per_s:,.0f} tok/s ({run.seconds:.1f} s)")
+                runs.append(run)
+        idle = [r for r in runs if r.way == "batch"]
+        idle_rate = sum(r.lines / r.seconds for r in idle) / len(idle)
+        say(f"interactive at {INTERACTIVE_CONCURRENCY} concurrent: alone, with a batch, alone")
+        sharing = sharing_run(server.url, model_id, lines * 4, max_tokens,
+                              interactive_requests, idle_rate)
+    crash = None
+    if kills:
+        say(f"crash test: {kills} kills (seed {seed})")
+        crash_config = copy.deepcopy(config)
+        crash_config["store"] = {"state_dir": str(scratch / "crash-state")}
+        crash = crash_run(crash_config, model=model_id, lines=lines, kills=kills, seed=seed,
+                          max_tokens=max_tokens, log_dir=scratch / "logs", say=say)
+    bench = BatchBench(
+        model=model_id, model_path=str(model_path), command=command, engine=ENGINE,
+        batch_config=config["batch"], lines=lines, max_tokens=max_tokens,
+        load_average=(load_start, os.getloadavg()[0]), runs=runs, sharing=sharing,
+        crash=crash)
+    (out / "results.json").write_text(bench.model_dump_json(indent=2) + "\n")
+    (out / "results.md").write_text(markdown(bench) + "\n")
+    plot(bench, out / "batch.png")
+    return bench
+
+
+def markdown(bench: BatchBench) -> str:
+    ways = ["offline", "batch", f"online x{ONLINE_CONCURRENCY}"]
+    share = bench.sharing
+    lines = [
+        f"# `frugal bench batch` on {bench.model}", "",
+        f"Command: `{bench.command}`. {bench.lines} lines of {bench.max_tokens} output tokens "
+        f"each; load average {bench.load_average[0]:.1f} at the start, "
+        f"{bench.load_average[1]:.1f} at the end.", "",
+        "## (a) Throughput on an idle server", "",
+        "| way | tok/s (mean) | x offline | rounds (tok/s) |", "|---|---:|---:|---|",
+    ]
+    for way in ways:
+        rounds = ", ".join(f"{r.tokens_per_s:,.0f}" for r in bench.runs if r.way == way)
+        lines.append(f"| {way} | {bench.mean_tps(way):,.0f} | {bench.ratio(way):.2f}x | "
+                     f"{rounds} |")
+    lines += [
+        "", f"## (b) Interactive TTFT at {INTERACTIVE_CONCURRENCY} concurrent streams", "",
+        "| | TTFT p50 ms | TTFT p95 ms | interactive tok/s |", "|---|---:|---:|---:|",
+        f"| alone (mean of before and after) | {share.alone.ttft_p50_ms:.0f} | "
+        f"{share.alone.ttft_p95_ms:.0f} | {share.alone.tokens_per_s:,.0f} |",
+        f"| with a batch running | {share.with_batch.ttft_p50_ms:.0f} | "
+        f"{share.with_batch.ttft_p95_ms:.0f} | {share.with_batch.tokens_per_s:,.0f} |",
+        f"| ratio | {share.p50_ratio:.2f}x | {share.p95_ratio:.2f}x | |", "",
+        f"The batch ran {share.batch_lines_per_s:.1f} lines/s beside the interactive "
+        f"streams ({share.batch_lines_per_s_idle:.1f} lines/s on the idle engine).",
+    ]
+    if bench.crash is not None:
+        crash = bench.crash
+        points = ", ".join(f"{k.lines_done}/{crash.lines} ({k.status})" for k in crash.kills)
+        lines += [
+            "", "## (c) Crash test", "",
+            f"{len(crash.kills)} kills (`kill -9` of every process of `frugal serve`, seed "
+            f"{crash.seed}) at {points} lines done; final status **{crash.final_status}** "
+            f"after {crash.seconds:.0f} s.", "",
+            "| lines | answered | failed | lost | in the files twice | run twice | "
+            "read again after a kill |", "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {crash.lines} | {crash.tally.answered} | {crash.tally.failed} | "
+            f"{len(crash.tally.lost)} | {len(crash.tally.duplicated)} | "
+            f"{crash.lines_run_twice} | {crash.lines_read_again} |",
+        ]
+    lines += ["", "## Targets", ""]
+    lines += [f"- {'met' if ok else 'NOT met'}: {name}" for name, ok in bench.targets().items()]
+    return "\n".join(lines)
+
+
+def plot(bench: BatchBench, path: Path) -> None:
+    from serving.bench.plots import _pyplot
+
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    ways = ["offline", "batch", f"online x{ONLINE_CONCURRENCY}"]
+    left.bar(ways, [bench.mean_tps(w) for w in ways], color=["#888", "#2a7", "#27a"])
+    left.set_ylabel("output tokens / s")
+    left.set_title(f"(a) {bench.lines} lines on an idle {bench.model}")
+    share = bench.sharing
+    x = [0, 1]
+    left_bars = [share.alone.ttft_p50_ms, share.alone.ttft_p95_ms]
+    right_bars = [share.with_batch.ttft_p50_ms, share.with_batch.ttft_p95_ms]
+    right.bar([i - 0.2 for i in x], left_bars, width=0.4, label="alone", color="#27a")
+    right.bar([i + 0.2 for i in x], right_bars, width=0.4, label="with a batch", color="#2a7")
+    right.set_xticks(x, ["TTFT p50", "TTFT p95"])
+    right.set_ylabel("ms")
+    right.set_title(f"(b) interactive, {INTERACTIVE_CONCURRENCY} concurrent streams")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # the offline worker (offline_run)
+    result = _offline_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    print("RESULT " + json.dumps(result), flush=True)
