@@ -234,8 +234,10 @@ class _LineJob:
 
     async def _line(self, row: BatchLineRow) -> None:
         try:
-            self.done.append(await run_line(self.runner.pipeline, self.batch, self.endpoint,
-                                            row))
+            # Await first: `self.done.append(await ...)` would bind the list before the
+            # await, and a flush that swaps the list meanwhile would drop the result.
+            result = await run_line(self.runner.pipeline, self.batch, self.endpoint, row)
+            self.done.append(result)
         finally:
             self.runner.admission.release()
 
