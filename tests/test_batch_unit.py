@@ -225,6 +225,38 @@ def test_a_runner_takes_over_the_batch_of_a_dead_replica(store_url, tmp_path):
         alive.sessions.kw["bind"].dispose()
 
 
+def test_replicas_starting_together_create_the_tables_once(store_url):
+    """Every replica opens the store at start; the table creation must not race."""
+    errors: list[BaseException] = []
+    engines = []
+    start = threading.Barrier(4)
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            engines.append(open_engine(store_url))
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for engine in engines:
+        engine.dispose()
+    assert not errors, errors
+
+
+def test_postgresql_urls_use_the_installed_driver():
+    from serving.store.db import normalize_url
+
+    for url in ("postgresql://app:pw@db:5432/frugal", "postgres://app:pw@db:5432/frugal"):
+        assert normalize_url(url) == "postgresql+psycopg://app:pw@db:5432/frugal"
+    for url in ("postgresql+psycopg://app@/frugal?host=/tmp/s", "sqlite:////var/lib/f.db"):
+        assert normalize_url(url) == url
+
+
 def test_cancel_and_expiry_report_the_lines_not_run(store):
     class Slow(FakeEngine):
         async def chat(self, request):
