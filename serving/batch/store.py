@@ -140,29 +140,32 @@ class BatchStore:
     # --- the runner's side ------------------------------------------------------------
 
     def claim(self, runner: str, lease_s: float, limit: int) -> list[str]:
-        """Take the leases of up to `limit` active batches that no live runner holds."""
+        """Take the leases of up to `limit` active batches that no live runner holds.
+
+        One statement, `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)
+        RETURNING id`, so a batch is leased to one runner however many claim at once. On
+        PostgreSQL, replicas claiming together neither wait for each other nor take the
+        same batch: a row another claim has locked is skipped, and locking re-checks the
+        lease on the row's newest version. SQLite has no FOR UPDATE (none is rendered):
+        the UPDATE holds the database's one write lock from its start, so the subquery
+        sees every committed lease.
+        """
         now = time.time()
-        with self.sessions() as session:
-            candidates = list(session.scalars(
-                select(BatchRow.id).where(
-                    BatchRow.status.in_(ACTIVE),
-                    or_(BatchRow.lease_owner.is_(None), BatchRow.lease_until < now,
-                        BatchRow.lease_owner == runner),
-                ).order_by(BatchRow.created_at).limit(limit)
-            ))
-        claimed = []
-        for batch_id in candidates:
-            with self.sessions.begin() as session:
-                changed = session.execute(
-                    update(BatchRow).where(
-                        BatchRow.id == batch_id,
-                        or_(BatchRow.lease_owner.is_(None), BatchRow.lease_until < now,
-                            BatchRow.lease_owner == runner),
-                    ).values(lease_owner=runner, lease_until=now + lease_s)
-                ).rowcount
-            if changed:
-                claimed.append(batch_id)
-        return claimed
+        free = or_(BatchRow.lease_owner.is_(None), BatchRow.lease_until < now,
+                   BatchRow.lease_owner == runner)
+        candidates = (
+            select(BatchRow.id).where(BatchRow.status.in_(ACTIVE), free)
+            .order_by(BatchRow.created_at, BatchRow.id).limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self.sessions.begin() as session:
+            claimed = session.scalars(
+                update(BatchRow).where(BatchRow.id.in_(candidates), free)
+                .values(lease_owner=runner, lease_until=now + lease_s)
+                .returning(BatchRow.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+        return list(claimed)
 
     def renew(self, runner: str, batch_id: str, lease_s: float) -> bool:
         """Extend this runner's lease; False when another runner took the batch over."""
