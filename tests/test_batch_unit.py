@@ -225,6 +225,32 @@ def test_a_runner_takes_over_the_batch_of_a_dead_replica(store_url, tmp_path):
         alive.sessions.kw["bind"].dispose()
 
 
+def test_lines_no_database_can_store_fail_alone(store):
+    """A custom_id PostgreSQL cannot hold (NUL, over 512 characters) fails its line on
+    every store; the batch runs, and the output echoes the custom_id as sent."""
+    nul, long = "nul\x00id", "x" * 600
+    file_id = upload(store, [line("fine"), line(nul), line(long)])
+    batch = store.create_batch("anonymous", file_id, "/v1/chat/completions", "24h",
+                               {"note": "a\x00b"})
+    row = asyncio.run(run_to_end(store, {"small": FakeEngine("small")}, batch.id))
+    assert (row["status"], row["completed"], row["failed"]) == ("completed", 1, 2)
+    errors = {e["custom_id"]: e["error"] for e in read_file(store, row["error_file_id"])}
+    assert errors.keys() == {nul, long}
+    assert all(e["code"] == "invalid_request" for e in errors.values())
+    assert store.get_batch(None, batch.id).metadata_ == {"note": "a\x00b"}
+    # Ids no row can have are simply not found (PostgreSQL refuses a NUL parameter).
+    from serving.batch.store import NotFound
+
+    for bad in ("file-\x00", "f" * 65):
+        with pytest.raises(NotFound):
+            store.get_file("anonymous", bad)
+        with pytest.raises(NotFound):
+            store.get_batch(None, bad)
+    assert store.list_batches("anonymous", 10, "batch_\x00")[0]
+    named = store.create_file("anonymous", "batch", "in\x00.jsonl", io.BytesIO(b"{}"))
+    assert store.get_file("anonymous", named.id).filename == "in.jsonl"
+
+
 def test_replicas_starting_together_create_the_tables_once(store_url):
     """Every replica opens the store at start; the table creation must not race."""
     errors: list[BaseException] = []

@@ -60,14 +60,15 @@ class BatchStore:
                     file_id: str | None = None) -> FileRow:
         file_id = file_id or new_id("file-")
         size = self.blobs.put(file_id, source)
-        row = FileRow(id=file_id, owner=owner, purpose=purpose, filename=filename[:512],
+        row = FileRow(id=file_id, owner=owner, purpose=purpose,
+                      filename=filename.replace("\x00", "")[:512],
                       bytes=size, created_at=int(time.time()))
         with self.sessions.begin() as session:
             return session.merge(row)
 
     def get_file(self, owner: str, file_id: str) -> FileRow:
         with self.sessions() as session:
-            row = session.get(FileRow, file_id)
+            row = session.get(FileRow, file_id) if _storable_id(file_id) else None
         if row is None or row.owner != owner:
             raise NotFound(file_id)
         return row
@@ -84,7 +85,7 @@ class BatchStore:
 
     def delete_file(self, owner: str, file_id: str) -> None:
         with self.sessions.begin() as session:
-            row = session.get(FileRow, file_id)
+            row = session.get(FileRow, file_id) if _storable_id(file_id) else None
             if row is None or row.owner != owner:
                 raise NotFound(file_id)
             session.delete(row)
@@ -112,7 +113,7 @@ class BatchStore:
 
     def get_batch(self, owner: str | None, batch_id: str) -> BatchRow:
         with self.sessions() as session:
-            row = session.get(BatchRow, batch_id)
+            row = session.get(BatchRow, batch_id) if _storable_id(batch_id) else None
         if row is None or (owner is not None and row.owner != owner):
             raise NotFound(batch_id)
         return row
@@ -129,7 +130,7 @@ class BatchStore:
         """Ask a batch to stop: the runner finishes the lines in flight, then writes what
         is done. A batch already ended stays as it is (OpenAI's behaviour)."""
         with self.sessions.begin() as session:
-            row = session.get(BatchRow, batch_id)
+            row = session.get(BatchRow, batch_id) if _storable_id(batch_id) else None
             if row is None or row.owner != owner:
                 raise NotFound(batch_id)
             if row.status in ("validating", "in_progress"):
@@ -193,7 +194,8 @@ class BatchStore:
             session.add_all(lines)
             for result in early_results:
                 session.add(BatchLineRow(
-                    batch_id=batch_id, line=result.line, custom_id=result.output["custom_id"],
+                    batch_id=batch_id, line=result.line,
+                    custom_id=_column_text(result.output["custom_id"], 512),
                     request=None, state="done", status_code=None,
                     result=json.dumps(result.output), attempts=0,
                 ))
@@ -314,6 +316,23 @@ class BatchStore:
         return final
 
 
+def _storable_id(value: str) -> bool:
+    """Whether an id from a client can name a row at all. PostgreSQL refuses a NUL in a
+    query parameter outright (a 500 instead of a 404), so such ids are not looked up."""
+    return len(value) <= 64 and "\x00" not in value
+
+
+def _column_text(value: str | None, length: int) -> str | None:
+    """`value` if every database can store it in a String(length) column, else None.
+
+    A line that failed validation may carry any custom_id (too long, NUL characters:
+    PostgreSQL refuses both, SQLite takes them); its output line keeps the original,
+    the column is only read for lines still pending."""
+    if value is None or len(value) > length or "\x00" in value:
+        return None
+    return value
+
+
 def unfinished_line(row: BatchLineRow, code: str) -> dict[str, Any]:
     message = {"batch_expired": "This line was not executed before the batch expired.",
                "batch_cancelled": "This line was not executed: the batch was cancelled."}
@@ -339,7 +358,7 @@ def _page(query, table, session: Session, after: str | None, ascending: bool):  
     """Cursor paging by (created_at, id), as OpenAI's `after` cursors."""
     order = (table.created_at.asc(), table.id.asc()) if ascending else (
         table.created_at.desc(), table.id.desc())
-    if after:
+    if after and _storable_id(after):
         anchor = session.get(table, after)
         if anchor is not None:
             if ascending:
