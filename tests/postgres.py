@@ -226,7 +226,10 @@ def postgres_server() -> Iterator[str]:
     """A running server's SQLAlchemy URL (database `postgres`); stopped on exit."""
     choice = os.environ.get("FRUGAL_TEST_POSTGRES", "auto").strip()
     if choice.startswith("postgres"):
-        _check(choice)
+        try:
+            _check(choice)
+        except Exception as exc:  # noqa: BLE001
+            raise PostgresUnavailable(f"FRUGAL_TEST_POSTGRES={choice}: {exc}") from exc
         yield choice
         return
     if choice not in ("auto", "binaries", "pgserver"):
