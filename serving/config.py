@@ -352,20 +352,25 @@ class StoreConfig(StrictModel):
     state_dir: str = Field(
         "state",
         description="Directory of the SQLite file and of file bytes (relative paths are "
-        "relative to the YAML file).",
+        "relative to the YAML file). `FRUGAL_STATE_DIR` overrides it (the Helm chart "
+        "points it at a volume).",
     )
     files_dir: str | None = Field(
         None, description="Where file bytes go. Default: `<state_dir>/files`."
     )
 
+    def state_path(self) -> Path:
+        env = os.environ.get("FRUGAL_STATE_DIR")
+        return Path(env).expanduser().resolve() if env else Path(self.state_dir)
+
     def database_url(self) -> str:
         env = os.environ.get("FRUGAL_STORE_URL")
         if env:
             return env
-        return self.url or f"sqlite:///{Path(self.state_dir) / 'frugal.db'}"
+        return self.url or f"sqlite:///{self.state_path() / 'frugal.db'}"
 
     def files_path(self) -> Path:
-        return Path(self.files_dir) if self.files_dir else Path(self.state_dir) / "files"
+        return Path(self.files_dir) if self.files_dir else self.state_path() / "files"
 
 
 class BatchConfig(StrictModel):

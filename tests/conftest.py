@@ -6,6 +6,9 @@ shares this one. It serves the demo zoo's smallest model twice over:
 - `zoo-s-tight`, the same weights with a one-request queue, for overload and engine
   failure tests (they break it on purpose; nothing else sends it requests, and
   tests/test_faults.py waits for it to come back, so their order does not matter).
+
+`postgres_url` is a real PostgreSQL server for the session (tests/postgres.py), for the
+store tests that run on both SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -121,3 +124,17 @@ def client(server: ServerHandle):
     from openai import OpenAI
 
     return OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (tests/postgres.py): its SQLAlchemy URL,
+    `postgresql+psycopg://...`. Fails, never skips, when no server can be started."""
+    from tests.postgres import PostgresUnavailable, postgres_server
+
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(postgres_server())
+        except PostgresUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield url

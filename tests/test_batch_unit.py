@@ -1,5 +1,8 @@
 """Unit tests of lever 4's store, runner and admission, on a fake engine (no vLLM).
 
+Every test that takes the `store` fixture runs twice: on SQLite and on a real PostgreSQL
+server (the `postgres_url` session fixture), the two databases the store supports.
+
 The real-server flow through the `openai` SDK, and the kill -9 crash test, are in
 tests/test_batch_server.py; these check the bookkeeping fast and in detail.
 """
@@ -9,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,15 +25,30 @@ from serving.config import BatchConfig
 from serving.store.blobs import LocalBlobStore
 from serving.store.db import open_engine, session_factory
 from tests.fake_engine import FakeEngine, chat, fake_pipeline
+from tests.postgres import fresh_database
 
 
 def make_store(url: str, files: str) -> BatchStore:
     return BatchStore(session_factory(open_engine(url)), LocalBlobStore(files))
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> Iterator[str]:
+    """The store's database: a SQLite file, or a fresh database on the session's real
+    PostgreSQL server (tests/postgres.py), dropped after the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/frugal.db"
+        return
+    with fresh_database(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
 @pytest.fixture
-def store(tmp_path) -> BatchStore:
-    return make_store(f"sqlite:///{tmp_path}/frugal.db", str(tmp_path / "files"))
+def store(store_url, tmp_path) -> Iterator[BatchStore]:
+    """Every test taking `store` runs on SQLite and on PostgreSQL."""
+    made = make_store(store_url, str(tmp_path / "files"))
+    yield made
+    made.sessions.kw["bind"].dispose()
 
 
 def line(custom_id: str, body: dict | None = None, url: str = "/v1/chat/completions") -> str:
@@ -49,7 +69,7 @@ def read_file(store: BatchStore, file_id: str | None) -> list[dict]:
 
 
 async def run_to_end(store: BatchStore, engines: dict, batch_id: str,
-                     config: BatchConfig | None = None, timeout_s: float = 20) -> dict:
+                     config: BatchConfig | None = None, timeout_s: float = 60) -> dict:
     config = config or BatchConfig(poll_s=0.05)
     pipeline = fake_pipeline(engines)
     runner = BatchRunner(store, pipeline, config,
@@ -138,6 +158,129 @@ def test_a_lease_is_held_by_one_runner_until_it_lapses(store):
     time.sleep(0.35)  # runner-1 died: its lease lapses
     assert store.claim("runner-2", lease_s=5, limit=5) == [batch.id]
     assert not store.renew("runner-1", batch.id, 5)
+
+
+def test_two_replicas_on_one_database_lease_a_batch_to_one_of_them(store_url, tmp_path):
+    """Two gateway replicas (two stores, two engines, one database): however many
+    runners claim at once, each batch is leased once; a lapsed lease moves over."""
+    files = str(tmp_path / "files")
+    replicas = [make_store(store_url, files), make_store(store_url, files)]
+    a, b = replicas
+    try:
+        file_id = upload(a, [line("x")])
+        # Claims racing from both replicas, several runners each: every batch once.
+        batches = [a.create_batch("anonymous", file_id, "/v1/chat/completions", "24h", None)
+                   .id for _ in range(6)]
+        start = threading.Barrier(8)
+        won: dict[str, list[str]] = {}
+
+        def claim(store: BatchStore, runner: str) -> None:
+            start.wait()
+            won[runner] = store.claim(runner, lease_s=30, limit=len(batches))
+
+        threads = [threading.Thread(target=claim, args=(replicas[i % 2], f"runner-{i}"))
+                   for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        claimed = [batch_id for ids in won.values() for batch_id in ids]
+        assert sorted(claimed) == sorted(batches), won
+        for runner, ids in won.items():
+            for batch_id in ids:
+                assert b.get_batch(None, batch_id).lease_owner == runner
+
+        # One replica holds a fresh batch; the other cannot take it until it lapses.
+        batch = a.create_batch("anonymous", file_id, "/v1/chat/completions", "24h", None)
+        assert a.claim("replica-a", lease_s=0.5, limit=10) == [batch.id]
+        assert b.claim("replica-b", lease_s=5, limit=10) == []
+        assert a.renew("replica-a", batch.id, 0.5)
+        assert b.get_batch(None, batch.id).lease_owner == "replica-a"
+        time.sleep(0.6)  # replica-a died: it renews no more
+        assert b.claim("replica-b", lease_s=5, limit=10) == [batch.id]
+        assert not a.renew("replica-a", batch.id, 5)  # it learns it lost the batch
+        assert a.claim("replica-a", lease_s=5, limit=10) == []
+        assert a.get_batch(None, batch.id).lease_owner == "replica-b"
+    finally:
+        for replica in replicas:
+            replica.sessions.kw["bind"].dispose()
+
+
+def test_a_runner_takes_over_the_batch_of_a_dead_replica(store_url, tmp_path):
+    files = str(tmp_path / "files")
+    dead, alive = make_store(store_url, files), make_store(store_url, files)
+    try:
+        batch = dead.create_batch("anonymous", upload(dead, [line(f"t{i}") for i in range(4)]),
+                                  "/v1/chat/completions", "24h", None)
+        assert dead.claim("dead-replica", lease_s=1.0, limit=1) == [batch.id]
+        began = time.monotonic()
+        row = asyncio.run(run_to_end(alive, {"small": FakeEngine("small")}, batch.id,
+                                     BatchConfig(poll_s=0.05, lease_s=1.0)))
+        assert time.monotonic() - began > 0.8, "ran while the dead replica's lease held"
+        assert (row["status"], row["completed"], row["failed"]) == ("completed", 4, 0)
+        out = read_file(alive, row["output_file_id"])
+        assert sorted(o["custom_id"] for o in out) == [f"t{i}" for i in range(4)]
+    finally:
+        dead.sessions.kw["bind"].dispose()
+        alive.sessions.kw["bind"].dispose()
+
+
+def test_lines_no_database_can_store_fail_alone(store):
+    """A custom_id PostgreSQL cannot hold (NUL, over 512 characters) fails its line on
+    every store; the batch runs, and the output echoes the custom_id as sent."""
+    nul, long = "nul\x00id", "x" * 600
+    file_id = upload(store, [line("fine"), line(nul), line(long)])
+    batch = store.create_batch("anonymous", file_id, "/v1/chat/completions", "24h",
+                               {"note": "a\x00b"})
+    row = asyncio.run(run_to_end(store, {"small": FakeEngine("small")}, batch.id))
+    assert (row["status"], row["completed"], row["failed"]) == ("completed", 1, 2)
+    errors = {e["custom_id"]: e["error"] for e in read_file(store, row["error_file_id"])}
+    assert errors.keys() == {nul, long}
+    assert all(e["code"] == "invalid_request" for e in errors.values())
+    assert store.get_batch(None, batch.id).metadata_ == {"note": "a\x00b"}
+    # Ids no row can have are simply not found (PostgreSQL refuses a NUL parameter).
+    from serving.batch.store import NotFound
+
+    for bad in ("file-\x00", "f" * 65):
+        with pytest.raises(NotFound):
+            store.get_file("anonymous", bad)
+        with pytest.raises(NotFound):
+            store.get_batch(None, bad)
+    assert store.list_batches("anonymous", 10, "batch_\x00")[0]
+    named = store.create_file("anonymous", "batch", "in\x00.jsonl", io.BytesIO(b"{}"))
+    assert store.get_file("anonymous", named.id).filename == "in.jsonl"
+
+
+def test_replicas_starting_together_create_the_tables_once(store_url):
+    """Every replica opens the store at start; the table creation must not race."""
+    errors: list[BaseException] = []
+    engines = []
+    start = threading.Barrier(4)
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            engines.append(open_engine(store_url))
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for engine in engines:
+        engine.dispose()
+    assert not errors, errors
+
+
+def test_postgresql_urls_use_the_installed_driver():
+    from serving.store.db import normalize_url
+
+    for url in ("postgresql://app:pw@db:5432/frugal", "postgres://app:pw@db:5432/frugal"):
+        assert normalize_url(url) == "postgresql+psycopg://app:pw@db:5432/frugal"
+    for url in ("postgresql+psycopg://app@/frugal?host=/tmp/s", "sqlite:////var/lib/f.db"):
+        assert normalize_url(url) == url
 
 
 def test_cancel_and_expiry_report_the_lines_not_run(store):

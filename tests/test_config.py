@@ -149,6 +149,22 @@ def _field_paths(model: type, prefix: str = "") -> set[str]:
     return paths
 
 
+def test_store_paths_follow_the_yaml_and_the_environment(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FRUGAL_STATE_DIR", raising=False)
+    monkeypatch.delenv("FRUGAL_STORE_URL", raising=False)
+    store = load_config(write(tmp_path, {**minimal(), "store": {"state_dir": "st"}})).store
+    base = tmp_path.resolve()
+    assert store.database_url() == f"sqlite:///{base}/st/frugal.db"
+    assert store.files_path() == base / "st" / "files"
+    monkeypatch.setenv("FRUGAL_STATE_DIR", str(tmp_path / "volume"))  # the Helm chart's
+    assert store.database_url() == f"sqlite:///{base}/volume/frugal.db"
+    assert store.files_path() == base / "volume" / "files"
+    monkeypatch.setenv("FRUGAL_STORE_URL", "postgresql+psycopg://app:pw@db/frugal")
+    assert store.database_url() == "postgresql+psycopg://app:pw@db/frugal"
+    assert store.files_path() == base / "volume" / "files"  # file bytes stay on the volume
+
+
 def test_every_knob_is_documented() -> None:
     """docs/configuration.md names every key of the schema (top level and a model entry)."""
     from serving.config import FrugalConfig, ModelConfig

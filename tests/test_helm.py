@@ -194,7 +194,8 @@ def test_api_keys_without_keys_is_refused(helm: Path) -> None:
 
 def test_resources_per_case(manifests: list[dict[str, Any]]) -> None:
     kinds = sorted(f"{m['kind']}/{m['metadata']['name']}" for m in manifests)
-    base = ["ConfigMap/frugal-config", "ConfigMap/frugal-dashboard", "RayService/frugal"]
+    base = ["ConfigMap/frugal-config", "ConfigMap/frugal-dashboard",
+            "PersistentVolumeClaim/frugal-state", "RayService/frugal"]
     optional = ["Ingress/frugal", "Secret/frugal-api-keys", "ServiceMonitor/frugal"]
     assert kinds in (base, sorted(base + optional))
 
@@ -324,6 +325,79 @@ def test_names_resolve(manifests: list[dict[str, Any]]) -> None:
         assert selector.items() <= service["metadata"]["labels"].items()
         (endpoint,) = monitor["spec"]["endpoints"]
         assert (endpoint["port"], endpoint["path"]) == ("serve", "/metrics")
+
+
+def ray_containers(rayservice: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for pod in ray_pod_specs(rayservice):
+        yield from pod["containers"]
+
+
+def test_store_wiring(manifests: list[dict[str, Any]], request: pytest.FixtureRequest,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default: SQLite on the chart's PVC. all-optional: PostgreSQL from a Secret (file
+    bytes still on the PVC, ReadWriteMany). Either way the store's env vars reach every
+    Ray container and the volume is mounted at the state dir on the workers."""
+    case = request.node.callspec.params["manifests"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["store"]
+    if CASES[case]:
+        override = yaml.safe_load(CASES[case].read_text()).get("store", {})
+        values["databaseUrlSecret"].update(override.get("databaseUrlSecret", {}))
+        values["persistence"].update(override.get("persistence", {}))
+    state_dir = values["stateDir"]
+    rayservice = one(manifests, "RayService")
+    pvc = one(manifests, "PersistentVolumeClaim", "frugal-state")
+    assert pvc["spec"]["accessModes"] == values["persistence"]["accessModes"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == values["persistence"]["size"]
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    secret = values["databaseUrlSecret"]
+    assert bool(secret["name"]) == (case == "all-optional")
+    for container in ray_containers(rayservice):
+        env = {item["name"]: item for item in container["env"]}
+        assert env["FRUGAL_STATE_DIR"]["value"] == state_dir
+        if secret["name"]:
+            assert env["FRUGAL_STORE_URL"]["valueFrom"] == {
+                "secretKeyRef": {"name": secret["name"], "key": secret["key"]}}
+        else:
+            assert "FRUGAL_STORE_URL" not in env
+    # The gateway replicas run on the workers (the head has num-cpus 0): the volume is there.
+    for group in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["frugal-state"]["persistentVolumeClaim"] == {"claimName": "frugal-state"}
+        (container,) = pod["containers"]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts[state_dir] == "frugal-state"
+        assert pod["securityContext"]["fsGroup"] == 1000  # Ray's uid/gid in the image
+    # What the store then opens, read the way serving.config does.
+    config_map = one(manifests, "ConfigMap", "frugal-config")
+    store = FrugalConfig.model_validate(
+        yaml.safe_load(config_map["data"]["deployments.yaml"])).store
+    assert not state_dir.startswith("/etc/frugal/config"), "the config mount is read-only"
+    monkeypatch.setenv("FRUGAL_STATE_DIR", state_dir)
+    monkeypatch.delenv("FRUGAL_STORE_URL", raising=False)
+    assert store.database_url() == f"sqlite:///{state_dir}/frugal.db"
+    assert str(store.files_path()) == f"{state_dir}/files"
+    monkeypatch.setenv("FRUGAL_STORE_URL", "postgresql+psycopg://u:p@db/frugal")
+    assert store.database_url() == "postgresql+psycopg://u:p@db/frugal"
+
+
+@pytest.mark.parametrize("settings, volume", [
+    (["store.persistence.enabled=false"], {"emptyDir": {}}),
+    (["store.persistence.existingClaim=frugal-data"],
+     {"persistentVolumeClaim": {"claimName": "frugal-data"}}),
+])
+def test_store_volume_without_a_chart_pvc(helm: Path, settings: list[str],
+                                          volume: dict[str, Any]) -> None:
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    result = run_helm(helm, *template_args(None, *sets))
+    assert result.returncode == 0, result.stderr
+    rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert not [m for m in rendered if m["kind"] == "PersistentVolumeClaim"]
+    rayservice = one(rendered, "RayService")
+    assert not crd_errors(rayservice)
+    for group in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        volumes = {v["name"]: v for v in group["template"]["spec"]["volumes"]}
+        assert volumes["frugal-state"] == {"name": "frugal-state", **volume}
 
 
 def test_dashboard_config_map(manifests: list[dict[str, Any]]) -> None:

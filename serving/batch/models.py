@@ -53,6 +53,14 @@ class InputLine(BaseModel):
     url: str
     body: dict[str, Any]
 
+    @field_validator("custom_id")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        # PostgreSQL text cannot hold NUL; refuse it on every store alike.
+        if "\x00" in value:
+            raise ValueError("custom_id must not contain NUL characters")
+        return value
+
 
 class LineError(BaseModel):
     """A line that never reached the pipeline (bad JSON, bad envelope)."""

@@ -60,14 +60,15 @@ class BatchStore:
                     file_id: str | None = None) -> FileRow:
         file_id = file_id or new_id("file-")
         size = self.blobs.put(file_id, source)
-        row = FileRow(id=file_id, owner=owner, purpose=purpose, filename=filename[:512],
+        row = FileRow(id=file_id, owner=owner, purpose=purpose,
+                      filename=filename.replace("\x00", "")[:512],
                       bytes=size, created_at=int(time.time()))
         with self.sessions.begin() as session:
             return session.merge(row)
 
     def get_file(self, owner: str, file_id: str) -> FileRow:
         with self.sessions() as session:
-            row = session.get(FileRow, file_id)
+            row = session.get(FileRow, file_id) if _storable_id(file_id) else None
         if row is None or row.owner != owner:
             raise NotFound(file_id)
         return row
@@ -84,7 +85,7 @@ class BatchStore:
 
     def delete_file(self, owner: str, file_id: str) -> None:
         with self.sessions.begin() as session:
-            row = session.get(FileRow, file_id)
+            row = session.get(FileRow, file_id) if _storable_id(file_id) else None
             if row is None or row.owner != owner:
                 raise NotFound(file_id)
             session.delete(row)
@@ -112,7 +113,7 @@ class BatchStore:
 
     def get_batch(self, owner: str | None, batch_id: str) -> BatchRow:
         with self.sessions() as session:
-            row = session.get(BatchRow, batch_id)
+            row = session.get(BatchRow, batch_id) if _storable_id(batch_id) else None
         if row is None or (owner is not None and row.owner != owner):
             raise NotFound(batch_id)
         return row
@@ -129,7 +130,7 @@ class BatchStore:
         """Ask a batch to stop: the runner finishes the lines in flight, then writes what
         is done. A batch already ended stays as it is (OpenAI's behaviour)."""
         with self.sessions.begin() as session:
-            row = session.get(BatchRow, batch_id)
+            row = session.get(BatchRow, batch_id) if _storable_id(batch_id) else None
             if row is None or row.owner != owner:
                 raise NotFound(batch_id)
             if row.status in ("validating", "in_progress"):
@@ -140,29 +141,32 @@ class BatchStore:
     # --- the runner's side ------------------------------------------------------------
 
     def claim(self, runner: str, lease_s: float, limit: int) -> list[str]:
-        """Take the leases of up to `limit` active batches that no live runner holds."""
+        """Take the leases of up to `limit` active batches that no live runner holds.
+
+        One statement, `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)
+        RETURNING id`, so a batch is leased to one runner however many claim at once. On
+        PostgreSQL, replicas claiming together neither wait for each other nor take the
+        same batch: a row another claim has locked is skipped, and locking re-checks the
+        lease on the row's newest version. SQLite has no FOR UPDATE (none is rendered):
+        the UPDATE holds the database's one write lock from its start, so the subquery
+        sees every committed lease.
+        """
         now = time.time()
-        with self.sessions() as session:
-            candidates = list(session.scalars(
-                select(BatchRow.id).where(
-                    BatchRow.status.in_(ACTIVE),
-                    or_(BatchRow.lease_owner.is_(None), BatchRow.lease_until < now,
-                        BatchRow.lease_owner == runner),
-                ).order_by(BatchRow.created_at).limit(limit)
-            ))
-        claimed = []
-        for batch_id in candidates:
-            with self.sessions.begin() as session:
-                changed = session.execute(
-                    update(BatchRow).where(
-                        BatchRow.id == batch_id,
-                        or_(BatchRow.lease_owner.is_(None), BatchRow.lease_until < now,
-                            BatchRow.lease_owner == runner),
-                    ).values(lease_owner=runner, lease_until=now + lease_s)
-                ).rowcount
-            if changed:
-                claimed.append(batch_id)
-        return claimed
+        free = or_(BatchRow.lease_owner.is_(None), BatchRow.lease_until < now,
+                   BatchRow.lease_owner == runner)
+        candidates = (
+            select(BatchRow.id).where(BatchRow.status.in_(ACTIVE), free)
+            .order_by(BatchRow.created_at, BatchRow.id).limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self.sessions.begin() as session:
+            claimed = session.scalars(
+                update(BatchRow).where(BatchRow.id.in_(candidates), free)
+                .values(lease_owner=runner, lease_until=now + lease_s)
+                .returning(BatchRow.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+        return list(claimed)
 
     def renew(self, runner: str, batch_id: str, lease_s: float) -> bool:
         """Extend this runner's lease; False when another runner took the batch over."""
@@ -190,7 +194,8 @@ class BatchStore:
             session.add_all(lines)
             for result in early_results:
                 session.add(BatchLineRow(
-                    batch_id=batch_id, line=result.line, custom_id=result.output["custom_id"],
+                    batch_id=batch_id, line=result.line,
+                    custom_id=_column_text(result.output["custom_id"], 512),
                     request=None, state="done", status_code=None,
                     result=json.dumps(result.output), attempts=0,
                 ))
@@ -313,6 +318,23 @@ class BatchStore:
         return final
 
 
+def _storable_id(value: str) -> bool:
+    """Whether an id from a client can name a row at all. PostgreSQL refuses a NUL in a
+    query parameter outright (a 500 instead of a 404), so such ids are not looked up."""
+    return len(value) <= 64 and "\x00" not in value
+
+
+def _column_text(value: str | None, length: int) -> str | None:
+    """`value` if every database can store it in a String(length) column, else None.
+
+    A line that failed validation may carry any custom_id (too long, NUL characters:
+    PostgreSQL refuses both, SQLite takes them); its output line keeps the original,
+    the column is only read for lines still pending."""
+    if value is None or len(value) > length or "\x00" in value:
+        return None
+    return value
+
+
 def unfinished_line(row: BatchLineRow, code: str) -> dict[str, Any]:
     message = {"batch_expired": "This line was not executed before the batch expired.",
                "batch_cancelled": "This line was not executed: the batch was cancelled."}
@@ -338,7 +360,7 @@ def _page(query, table, session: Session, after: str | None, ascending: bool):  
     """Cursor paging by (created_at, id), as OpenAI's `after` cursors."""
     order = (table.created_at.asc(), table.id.asc()) if ascending else (
         table.created_at.desc(), table.id.desc())
-    if after:
+    if after and _storable_id(after):
         anchor = session.get(table, after)
         if anchor is not None:
             if ascending:

@@ -103,11 +103,41 @@ initContainers:
 {{- end }}
 {{- end }}
 
-{{/* Environment of every Ray container. */}}
+{{/*
+Environment of every Ray container. The store (serving.config.StoreConfig) reads
+FRUGAL_STATE_DIR and FRUGAL_STORE_URL; Ray's worker processes inherit them.
+*/}}
 {{- define "frugal.env" -}}
 - name: PROMETHEUS_MULTIPROC_DIR
   value: {{ include "frugal.metricsDir" . }}
+- name: FRUGAL_STATE_DIR
+  value: {{ .Values.store.stateDir | quote }}
+{{- with .Values.store.databaseUrlSecret }}
+{{- if .name }}
+- name: FRUGAL_STORE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name | quote }}
+      key: {{ .key | default "url" | quote }}
+{{- end }}
+{{- end }}
 {{- with .Values.env }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The PVC at store.stateDir: the user's, or the chart's `<release>-state`. */}}
+{{- define "frugal.stateClaim" -}}
+{{- .Values.store.persistence.existingClaim | default (printf "%s-state" (include "frugal.fullname" .)) }}
+{{- end }}
+
+{{/* The store's volume, on the worker pods where the gateway replicas run. */}}
+{{- define "frugal.stateVolume" -}}
+- name: frugal-state
+{{- if .Values.store.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "frugal.stateClaim" . }}
+{{- else }}
+  emptyDir: {}
 {{- end }}
 {{- end }}
