@@ -26,8 +26,9 @@ class FakeEngine:
     ("7"; a stream: "7", "8", "9") and ends with `finish_reason`."""
 
     def __init__(self, model: str, fail: bool = False, content: str = "7",
-                 finish_reason: str = "stop") -> None:
+                 finish_reason: str = "stop", delay_s: float = 0.0) -> None:
         self.model = model
+        self.delay_s = delay_s  # each answer takes this long (lines finish in waves)
         self.fail = fail
         self.content = content
         self.finish_reason = finish_reason
@@ -46,6 +47,8 @@ class FakeEngine:
         )
 
         self.requests.append(request)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s * (1 + len(self.requests) % 7) / 7)
         if self.fail:
             raise RuntimeError("engine exploded")
         choice = ChatCompletionResponseChoice(

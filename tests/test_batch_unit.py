@@ -121,6 +121,20 @@ def test_a_batch_runs_every_line_once_and_reports_bad_lines_by_number(store):
     assert len(engine.requests) == 5 and {r.priority for r in engine.requests} == {10}
 
 
+def test_lines_finishing_while_results_are_committed_run_once_each(store):
+    """Answers that arrive while a group commit is under way are kept for the next one:
+    a line whose answer was dropped would run again (it did, up to 9 times)."""
+    engine = FakeEngine("small", delay_s=0.3)
+    batch = store.create_batch("anonymous", upload(store, [line(f"x{i}") for i in range(300)]),
+                               "/v1/chat/completions", "24h", None)
+    row = asyncio.run(run_to_end(store, {"small": engine}, batch.id,
+                                 BatchConfig(poll_s=0.05, idle_in_flight=64)))
+    assert (row["status"], row["completed"], row["duplicate_results"]) == ("completed", 300, 0)
+    assert len(engine.requests) == 300
+    assert sorted(o["custom_id"] for o in read_file(store, row["output_file_id"])) == sorted(
+        f"x{i}" for i in range(300))
+
+
 def test_duplicate_custom_ids_and_too_many_lines_fail_validation(store):
     dup = upload(store, [line("a"), line("b"), line("a")])
     batch = store.create_batch("anonymous", dup, "/v1/chat/completions", "24h", None)
@@ -146,7 +160,7 @@ def test_a_result_is_committed_once_however_often_it_is_offered(store):
     assert store.commit_results(batch.id, [result]) == 1
     assert store.commit_results(batch.id, [result, result]) == 0
     row = store.get_batch(None, batch.id)
-    assert (row.completed, row.input_tokens) == (1, 3)
+    assert (row.completed, row.input_tokens, row.duplicate_results) == (1, 3, 2)
 
 
 def test_a_lease_is_held_by_one_runner_until_it_lapses(store):
