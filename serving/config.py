@@ -393,6 +393,11 @@ class BatchConfig(StrictModel):
         2.0, ge=0, description="Seconds without an interactive request before batches "
         "take the idle cap again."
     )
+    preempt: bool = Field(
+        True, description="When an interactive request arrives, abort the newest batch "
+        "lines above `busy_in_flight` at once (they run again later) instead of letting "
+        "them finish."
+    )
     engine_priority: int = Field(
         10, ge=0, description="vLLM request priority of batch lines (interactive ones are "
         "0; lower runs first) on engines with `scheduling_policy: priority`."

@@ -58,6 +58,11 @@ BATCH_LINES = Counter(
     "too.",
     ["model", "status"],
 )
+BATCH_LINES_PREEMPTED = Counter(
+    "frugal_batch_lines_preempted",
+    "Batch lines preempted for interactive traffic before they had an answer (they run "
+    "again later; docs/batch.md).",
+)
 BATCH_LINES_IN_FLIGHT = Gauge(
     "frugal_batch_lines_in_flight",
     "Batch lines the runner has admitted to the engines (see docs/batch.md, admission).",

@@ -135,6 +135,64 @@ def test_lines_finishing_while_results_are_committed_run_once_each(store):
         f"x{i}" for i in range(300))
 
 
+def test_interactive_traffic_preempts_the_lines_above_the_busy_cap(store):
+    """An interactive request takes its slots back at once: the newest lines above
+    `busy_in_flight` are aborted and run again later, each still answered once."""
+    engine = FakeEngine("small", delay_s=1.0)
+    batch = store.create_batch("anonymous", upload(store, [line(f"x{i}") for i in range(40)]),
+                               "/v1/chat/completions", "24h", None)
+    config = BatchConfig(poll_s=0.05, idle_in_flight=20, busy_in_flight=2, quiet_s=0.2)
+
+    async def scenario() -> tuple[dict, int, int]:
+        pipeline = fake_pipeline({"small": engine})
+        load = pipeline.chain.lever("batch").load
+        admission = BatchAdmission(config, load)
+        runner = BatchRunner(store, pipeline, config, admission)
+        runner.start()
+        try:
+            deadline = time.monotonic() + 30
+            while len(engine.requests) < 20:  # 20 lines are generating
+                assert time.monotonic() < deadline, admission.in_use
+                await asyncio.sleep(0.01)
+            load.enter()  # an interactive request arrives
+            preempted = admission.preempted_count
+            await asyncio.sleep(0.1)
+            busy_in_use = admission.in_use
+            load.leave()
+            while store.get_batch(None, batch.id).status != "completed":
+                assert time.monotonic() < deadline, store.get_batch(None, batch.id).status
+                await asyncio.sleep(0.05)
+        finally:
+            await runner.stop()
+        return store.get_batch(None, batch.id).__dict__, preempted, busy_in_use
+
+    row, preempted, busy_in_use = asyncio.run(scenario())
+    assert preempted == 18 and busy_in_use == 2
+    assert (row["completed"], row["duplicate_results"]) == (40, 0)
+    assert sorted(o["custom_id"] for o in read_file(store, row["output_file_id"])) == sorted(
+        f"x{i}" for i in range(40))
+    assert len(engine.requests) == 40 + 18  # the preempted lines were asked for again
+
+
+def test_a_line_preempted_before_it_started_gives_its_slot_back():
+    """A task cancelled before its first step never runs its body: its slot comes back
+    through the done callback, or the batch would stall with every slot leaked."""
+    config = BatchConfig(idle_in_flight=4, busy_in_flight=0, quiet_s=10)
+    load = InteractiveLoad()
+    admission = BatchAdmission(config, load)
+
+    async def scenario() -> tuple[int, int]:
+        await admission.acquire()
+        task = asyncio.create_task(asyncio.sleep(10))
+        admission.hold(task)
+        task.add_done_callback(admission.release)
+        load.enter()  # preempts it before it ever ran
+        await asyncio.gather(task, return_exceptions=True)
+        return admission.preempted_count, admission.in_use
+
+    assert asyncio.run(scenario()) == (1, 0)
+
+
 def test_duplicate_custom_ids_and_too_many_lines_fail_validation(store):
     dup = upload(store, [line("a"), line("b"), line("a")])
     batch = store.create_batch("anonymous", dup, "/v1/chat/completions", "24h", None)

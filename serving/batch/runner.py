@@ -220,11 +220,15 @@ class _LineJob:
             for row in rows:
                 await self.runner.admission.acquire()
                 if self.stopping:
-                    self.runner.admission.release()
+                    self.runner.admission.release(None)
                     return False
                 task = asyncio.create_task(self._line(row))
+                self.runner.admission.hold(task)
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+                # In a callback, not in _line's `finally`: a task preempted before its
+                # first step never enters _line's body, and its slot must come back too.
+                task.add_done_callback(self.runner.admission.release)
             after = rows[-1].line
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -233,13 +237,17 @@ class _LineJob:
             await asyncio.to_thread(self.store.count_pending, self.batch.id))
 
     async def _line(self, row: BatchLineRow) -> None:
+        """One line; its admission slot is released by the task's done callback."""
         try:
             # Await first: `self.done.append(await ...)` would bind the list before the
             # await, and a flush that swaps the list meanwhile would drop the result.
             result = await run_line(self.runner.pipeline, self.batch, self.endpoint, row)
             self.done.append(result)
-        finally:
-            self.runner.admission.release()
+        except asyncio.CancelledError:
+            if not self.runner.admission.preempted(asyncio.current_task()):
+                raise
+            # Preempted for interactive traffic before it had an answer: the line is
+            # still pending, and the next dispatch pass starts it again.
 
     async def _watch(self) -> None:
         """Stop dispatching when the batch is cancelled."""

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from serving.store.blobs import BlobStore
@@ -238,32 +238,44 @@ class BatchStore:
                 BatchLineRow.batch_id == batch_id, BatchLineRow.state == "pending")) or 0
 
     def commit_results(self, batch_id: str, results: Iterable[LineResult]) -> int:
-        """Record finished lines; each only if still pending. Returns how many were new."""
-        new = duplicates = 0
+        """Record finished lines, each only if still pending. Returns how many were new.
+
+        One transaction, two statements whatever the count: an UPDATE ... RETURNING
+        marks done the lines still pending and names them (an answer for a line done
+        already is a duplicate: dropped and counted), and one executemany writes their
+        answers. A row-by-row ORM update cost the gateway more CPU than the engine call."""
+        results = list(results)
+        if not results:
+            return 0
+        lines = BatchLineRow.__table__
+        by_line = {result.line: result for result in results}
         with self.sessions.begin() as session:
+            claimed = session.scalars(
+                update(lines).where(
+                    lines.c.batch_id == batch_id, lines.c.line.in_(list(by_line)),
+                    lines.c.state == "pending",
+                ).values(state="done").returning(lines.c.line)
+            ).all()
+            fresh = [by_line[number] for number in claimed]
+            if fresh:
+                session.execute(
+                    update(lines).where(lines.c.batch_id == batch_id,
+                                        lines.c.line == bindparam("b_line"))
+                    .values(status_code=bindparam("b_status"), result=bindparam("b_result")),
+                    [{"b_line": r.line, "b_status": r.status_code,
+                      "b_result": json.dumps(r.output)} for r in fresh],
+                )
             counts = {"completed": 0, "failed": 0}
             tokens = {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0,
                       "reasoning_tokens": 0, "cost_usd": 0.0, "saved_usd": 0.0}
-            for result in results:
-                changed = session.execute(
-                    update(BatchLineRow).where(
-                        BatchLineRow.batch_id == batch_id, BatchLineRow.line == result.line,
-                        BatchLineRow.state == "pending",
-                    ).values(state="done", status_code=result.status_code,
-                             result=json.dumps(result.output))
-                ).rowcount
-                if not changed:
-                    duplicates += 1
-                    continue
-                new += 1
+            for result in fresh:
                 counts["completed" if result.status_code == 200 else "failed"] += 1
                 _add_usage(tokens, result.usage)
-            if new or duplicates:
-                changes = {**counts, **tokens, "duplicate_results": duplicates}
-                session.execute(update(BatchRow).where(BatchRow.id == batch_id).values(
-                    **{k: getattr(BatchRow, k) + v for k, v in changes.items()}
-                ))
-        return new
+            changes = {**counts, **tokens, "duplicate_results": len(results) - len(fresh)}
+            session.execute(update(BatchRow).where(BatchRow.id == batch_id).values(
+                **{k: getattr(BatchRow, k) + v for k, v in changes.items()}
+            ))
+        return len(fresh)
 
     def status(self, batch_id: str) -> str:
         with self.sessions() as session:

@@ -10,7 +10,10 @@
     throughput while it shares the engine.
 (c) The crash test (`serving.bench.batch_crash`): N kills, lines lost, lines run twice.
 
-Both servers share the engine settings of `frugal bench serve` (`ENGINE`).
+The server and the offline engine share one engine configuration (`BATCH_ENGINE`):
+`frugal bench serve`'s, with vLLM's offline scheduler limits pinned on both, since vLLM
+otherwise gives `LLM` (256 sequences, 4096 tokens a step on CPU) more than a server (128,
+2048).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from serving.bench.batch_work import (
 from serving.bench.loadgen import LoadResult, mean_result, run_load
 from serving.bench.serve_bench import ENGINE, ENGINE_ENV, frugal_config
 
+BATCH_ENGINE: dict[str, Any] = {**ENGINE, "max_num_seqs": 256, "max_num_batched_tokens": 4096}
 TARGET_OFFLINE_RATIO = 0.9
 TARGET_TTFT_P95_RATIO = 1.3
 INTERACTIVE_CONCURRENCY = 4
@@ -72,6 +76,8 @@ class Sharing(BaseModel):
                                                  "it shared the engine.")
     batch_lines_per_s_idle: float = Field(description="The same batch's rate on the idle "
                                                       "engine, from part (a).")
+    preempted_lines: int = Field(0, description="Batch lines preempted for the interactive "
+                                                "requests (they ran again later).")
 
     @property
     def p95_ratio(self) -> float:
@@ -120,12 +126,12 @@ class BatchBench(BaseModel):
 # -- (a) offline: vLLM's LLM in a subprocess ------------------------------------------------
 
 def _offline_worker(model: str, n: int, max_tokens: int) -> dict[str, Any]:
-    """In the subprocess: the engine of `ENGINE`, warm, then every line at once."""
+    """In the subprocess: the engine of `BATCH_ENGINE`, warm, then every line at once."""
     from vllm import LLM, SamplingParams
 
     from serving.config import DEFAULT_ENGINE_KWARGS
 
-    kwargs = {**DEFAULT_ENGINE_KWARGS, **ENGINE}
+    kwargs = {**DEFAULT_ENGINE_KWARGS, **BATCH_ENGINE}
     kwargs.pop("structured_outputs_config", None)  # no guided decoding in these lines
     llm = LLM(model=model, **kwargs)
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
@@ -156,7 +162,7 @@ def batch_run(url: str, model_id: str, n: int, max_tokens: int, round_: int) -> 
     data = jsonl(line_bodies(n, model_id, max_tokens))
     started = time.perf_counter()
     batch = submit(sdk, data)
-    final = wait_for(sdk, batch.id, finished, timeout_s=3600, poll_s=0.1)
+    final = wait_for(sdk, batch.id, finished, timeout_s=3600, poll_s=0.25)
     seconds = time.perf_counter() - started
     if final.status != "completed" or final.request_counts.failed:
         raise RuntimeError(f"batch {final.id} ended {final.status}: {final.request_counts}")
@@ -211,12 +217,23 @@ def sharing_run(url: str, model_id: str, n: int, max_tokens: int, requests: int,
     if finished(state):
         raise RuntimeError("the batch ended while interactive requests were measured: "
                            "give it more lines (--lines)")
+    preempted = metric_total(url, "frugal_batch_lines_preempted_total")
     sdk.batches.cancel(batch.id)
     wait_for(sdk, batch.id, finished, timeout_s=600)
     time.sleep(3)  # admission's quiet_s: the engine is idle again
     after = interactive(url, model_id, requests, max_tokens)
     return Sharing(alone=mean_result([before, after]), alone_runs=[before, after],
-                   with_batch=shared, batch_lines_per_s=rate, batch_lines_per_s_idle=idle_rate)
+                   with_batch=shared, batch_lines_per_s=rate, batch_lines_per_s_idle=idle_rate,
+                   preempted_lines=int(preempted))
+
+
+def metric_total(url: str, name: str) -> float:
+    """The sum of one metric's samples on the server's /metrics."""
+    import httpx
+
+    text = httpx.get(f"{url.removesuffix('/v1')}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -224,7 +241,7 @@ def sharing_run(url: str, model_id: str, n: int, max_tokens: int, requests: int,
 def bench_config(model_path: Path, model_id: str, state_dir: Path) -> dict[str, Any]:
     """`frugal bench serve`'s deployment (the model inside the gateway's process) plus a
     store of its own and a short lease for the crash part."""
-    config = frugal_config(model_path, model_id, ENGINE, colocate=True)
+    config = frugal_config(model_path, model_id, BATCH_ENGINE, colocate=True)
     config["store"] = {"state_dir": str(state_dir)}
     config["batch"] = {"lease_s": 3, "poll_s": 0.2}
     return config
@@ -270,7 +287,7 @@ def run_batch_bench(
         crash = crash_run(crash_config, model=model_id, lines=lines, kills=kills, seed=seed,
                           max_tokens=max_tokens, log_dir=scratch / "logs", say=say)
     bench = BatchBench(
-        model=model_id, model_path=str(model_path), command=command, engine=ENGINE,
+        model=model_id, model_path=str(model_path), command=command, engine=BATCH_ENGINE,
         batch_config=config["batch"], lines=lines, max_tokens=max_tokens,
         load_average=(load_start, os.getloadavg()[0]), runs=runs, sharing=sharing,
         crash=crash)
@@ -304,7 +321,9 @@ def markdown(bench: BatchBench) -> str:
         f"{share.with_batch.ttft_p95_ms:.0f} | {share.with_batch.tokens_per_s:,.0f} |",
         f"| ratio | {share.p50_ratio:.2f}x | {share.p95_ratio:.2f}x | |", "",
         f"The batch ran {share.batch_lines_per_s:.1f} lines/s beside the interactive "
-        f"streams ({share.batch_lines_per_s_idle:.1f} lines/s on the idle engine).",
+        f"streams ({share.batch_lines_per_s_idle:.1f} lines/s on the idle engine); "
+        f"{share.preempted_lines} of its lines were preempted when they arrived and ran "
+        "again later.",
     ]
     if bench.crash is not None:
         crash = bench.crash
