@@ -48,7 +48,13 @@ class FakeEngine:
 
         self.requests.append(request)
         if self.delay_s:
-            await asyncio.sleep(self.delay_s * (1 + len(self.requests) % 7) / 7)
+            try:
+                await asyncio.sleep(self.delay_s * (1 + len(self.requests) % 7) / 7)
+            except asyncio.CancelledError:  # what vLLM's chat serving does when cancelled
+                from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
+
+                return ErrorResponse(error=ErrorInfo(message="Client disconnected",
+                                                     type="BadRequestError", code=400))
         if self.fail:
             raise RuntimeError("engine exploded")
         choice = ChatCompletionResponseChoice(

@@ -10,6 +10,7 @@ import io
 import json
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -43,7 +44,7 @@ def jsonl(client, file_id: str | None) -> list[dict]:
     return [json.loads(x) for x in client.files.content(file_id).text.splitlines()]
 
 
-def test_the_openai_sdk_runs_a_batch_end_to_end(client):
+def test_the_openai_sdk_runs_a_batch_end_to_end(client, server):
     extra = [
         "{not json",
         json.dumps({"custom_id": "ghost", "method": "POST", "url": "/v1/chat/completions",
@@ -78,6 +79,13 @@ def test_the_openai_sdk_runs_a_batch_end_to_end(client):
     assert client.files.delete(uploaded.id).deleted
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(uploaded.id)
+    # The lines and the batch discount's saving are in the metrics.
+    text = httpx.get(f"{server.root_url}/metrics", timeout=30).text
+    answered = [line for line in text.splitlines()
+                if line.startswith("frugal_batch_lines_total{") and 'status="200"' in line]
+    assert answered and sum(float(line.rsplit(" ", 1)[1]) for line in answered) >= 24
+    assert any(line.startswith("frugal_saved_usd_total{") and 'lever="batch"' in line
+               for line in text.splitlines())
 
 
 def test_a_cancelled_batch_reports_what_ran_and_what_did_not(client):

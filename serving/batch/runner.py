@@ -242,6 +242,14 @@ class _LineJob:
             # Await first: `self.done.append(await ...)` would bind the list before the
             # await, and a flush that swaps the list meanwhile would drop the result.
             result = await run_line(self.runner.pipeline, self.batch, self.endpoint, row)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Cancelled while the engine call finished anyway: vLLM turns a cancelled
+                # generation into a "Client disconnected" answer, which is not this
+                # line's answer. The line stays pending.
+                if not self.runner.admission.preempted(task):
+                    raise asyncio.CancelledError
+                return
             self.done.append(result)
         except asyncio.CancelledError:
             if not self.runner.admission.preempted(asyncio.current_task()):

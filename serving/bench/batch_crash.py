@@ -59,7 +59,7 @@ class CrashReport(BaseModel):
     @property
     def ok(self) -> bool:
         return (self.final_status == "completed" and self.tally.exactly_once
-                and self.lines_run_twice == 0)
+                and self.tally.failed == 0 and self.lines_run_twice == 0)
 
 
 def kill_points(kills: int, seed: int, top: float = 0.6) -> list[float]:
