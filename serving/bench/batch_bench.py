@@ -171,22 +171,28 @@ def batch_run(url: str, model_id: str, n: int, max_tokens: int, round_: int) -> 
 
 
 async def _online(url: str, model_id: str, n: int, max_tokens: int) -> tuple[int, float]:
-    from openai import AsyncOpenAI
+    """The lines as online requests, 64 at a time, through aiohttp: the `openai` SDK's
+    httpx pool measures the client at this concurrency (docs/serving.md)."""
+    import aiohttp
 
-    sdk = AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
+    from serving.bench.loadgen import send_one
+
     bodies = line_bodies(n, model_id, max_tokens)
     gate = asyncio.Semaphore(ONLINE_CONCURRENCY)
+    connector = aiohttp.TCPConnector(limit=ONLINE_CONCURRENCY + 4)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=1800)) as http:
 
-    async def one(body: dict[str, Any]) -> int:
-        async with gate:
-            extra = {"ignore_eos": body.pop("ignore_eos")}
-            reply = await sdk.chat.completions.create(**body, extra_body=extra)
-            return reply.usage.completion_tokens
+        async def one(body: dict[str, Any]) -> int:
+            async with gate:
+                sample = await send_one(http, f"{url}/chat/completions", body)
+            if not sample.ok:
+                raise RuntimeError(f"online request failed: {sample.error}")
+            return sample.completion_tokens
 
-    started = time.perf_counter()
-    tokens = await asyncio.gather(*(one(dict(b)) for b in bodies))
-    seconds = time.perf_counter() - started
-    await sdk.close()
+        started = time.perf_counter()
+        tokens = await asyncio.gather(*(one(b) for b in bodies))
+        seconds = time.perf_counter() - started
     return sum(tokens), seconds
 
 
