@@ -382,8 +382,9 @@ class BatchConfig(StrictModel):
     )
     max_lines: int = Field(50_000, ge=1, description="A batch input with more lines fails.")
     idle_in_flight: int = Field(
-        256, ge=1, description="Batch lines in flight per gateway replica when no "
-        "interactive request is running (fills idle engines)."
+        512, ge=1, description="Batch lines in flight per gateway replica when no "
+        "interactive request is running: more than an engine's `max_num_seqs`, so its "
+        "waiting queue never runs dry between waves of lines (docs/batch.md)."
     )
     busy_in_flight: int = Field(
         2, ge=0, description="Batch lines in flight per gateway replica while interactive "

@@ -50,6 +50,7 @@ TARGET_OFFLINE_RATIO = 0.9
 TARGET_TTFT_P95_RATIO = 1.3
 INTERACTIVE_CONCURRENCY = 4
 ONLINE_CONCURRENCY = 64
+QUIET_S = 2.0  # batch.quiet_s of the bench server (the default)
 
 
 class Throughput(BaseModel):
@@ -213,6 +214,7 @@ def sharing_run(url: str, model_id: str, n: int, max_tokens: int, requests: int,
                 idle_rate: float) -> Sharing:
     """Interactive alone, then beside a batch of `n` lines (cancelled after), then alone."""
     before = interactive(url, model_id, requests, max_tokens)
+    time.sleep(QUIET_S + 1)  # the batch starts at its idle cap: arriving streams preempt
     sdk = client(url)
     batch = submit(sdk, jsonl(line_bodies(n, model_id, max_tokens)))
     wait_for(sdk, batch.id, lambda b: finished(b) or done_lines(b) > 0, timeout_s=600)
@@ -226,7 +228,7 @@ def sharing_run(url: str, model_id: str, n: int, max_tokens: int, requests: int,
     preempted = metric_total(url, "frugal_batch_lines_preempted_total")
     sdk.batches.cancel(batch.id)
     wait_for(sdk, batch.id, finished, timeout_s=600)
-    time.sleep(3)  # admission's quiet_s: the engine is idle again
+    time.sleep(QUIET_S + 1)  # the engine is idle again
     after = interactive(url, model_id, requests, max_tokens)
     return Sharing(alone=mean_result([before, after]), alone_runs=[before, after],
                    with_batch=shared, batch_lines_per_s=rate, batch_lines_per_s_idle=idle_rate,

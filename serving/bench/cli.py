@@ -138,7 +138,7 @@ def batch(
     max_tokens: int = typer.Option(32, min=1, help="Output tokens per line (ignore_eos)."),
     rounds: int = typer.Option(2, min=1, help="Alternating rounds of offline/batch/online."),
     interactive_requests: int = typer.Option(
-        96, min=8, help="Streaming requests per interactive measurement (4 concurrent)."),
+        192, min=8, help="Streaming requests per interactive measurement (4 concurrent)."),
     kills: int = typer.Option(5, min=0, help="kill -9 count of the crash part (0: skip it)."),
     seed: int = typer.Option(7, help="Seed of the crash part's kill points."),
     out: str = typer.Option("docs/bench/batch", help="Where results.json/.md, batch.png go."),
