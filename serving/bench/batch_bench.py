@@ -277,6 +277,9 @@ def run_batch_bench(
                 if way == "offline":
                     run = offline_run(model_path, lines, max_tokens, round_)
                 elif way == "batch":
+                    # Online requests are interactive: wait out batch.quiet_s after them,
+                    # or the batch starts at busy_in_flight.
+                    time.sleep(QUIET_S + 1)
                     run = batch_run(server.url, model_id, lines, max_tokens, round_)
                 else:
                     run = online_run(server.url, model_id, lines, max_tokens, round_)

@@ -9,6 +9,7 @@ dependencies inside its function, so `frugal --help` stays fast.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 
@@ -19,6 +20,18 @@ app = typer.Typer(help="Benchmarks measured side by side in one run.", no_args_i
 app.command("eval")(eval_command)  # the scorecard (issue 5)
 app.command("route")(route_command)  # routing policies (issue 5)
 app.command("levers")(levers)  # request levers (issue 7)
+
+
+def _checkpoint(model_path: str, console: Any) -> Any:
+    """The checkpoint folder a bench loads, or exit 1 with what to do."""
+    from pathlib import Path
+
+    path = Path(model_path)
+    if not (path / "config.json").exists():
+        console.print(f"[red]no checkpoint at {path}[/red] (build the zoo with `frugal zoo "
+                      "build`, or pass --model-path)")
+        raise typer.Exit(1)
+    return path
 
 
 @app.command("quantize")
@@ -74,11 +87,7 @@ def serve(
     from serving.bench.serve_bench import markdown, run_serve_bench
 
     console = Console(stderr=True)
-    path = Path(model_path)
-    if not (path / "config.json").exists():
-        console.print(f"[red]no checkpoint at {path}[/red] (build the zoo with `frugal zoo "
-                      "build`, or pass --model-path)")
-        raise typer.Exit(1)
+    path = _checkpoint(model_path, console)
     levels = sorted(int(x) for x in concurrency.split(","))
     command = (f"frugal bench serve --model-path {model_path} --concurrency {concurrency} "
                f"--requests-per-level {requests_per_level} --max-tokens {max_tokens} "
@@ -153,11 +162,7 @@ def batch(
     from serving.bench.batch_bench import markdown, run_batch_bench
 
     console = Console(stderr=True)
-    path = Path(model_path)
-    if not (path / "config.json").exists():
-        console.print(f"[red]no checkpoint at {path}[/red] (build the zoo with `frugal zoo "
-                      "build`, or pass --model-path)")
-        raise typer.Exit(1)
+    path = _checkpoint(model_path, console)
     command = (f"frugal bench batch --model-path {model_path} --lines {lines} --max-tokens "
                f"{max_tokens} --rounds {rounds} --interactive-requests "
                f"{interactive_requests} --kills {kills} --seed {seed} --out {out}")
