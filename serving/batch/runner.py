@@ -246,10 +246,8 @@ class _LineJob:
             if task is not None and task.cancelling():
                 # Cancelled while the engine call finished anyway: vLLM turns a cancelled
                 # generation into a "Client disconnected" answer, which is not this
-                # line's answer. The line stays pending.
-                if not self.runner.admission.preempted(task):
-                    raise asyncio.CancelledError
-                return
+                # line's answer. Handled as the cancellation it is, just below.
+                raise asyncio.CancelledError
             self.done.append(result)
         except asyncio.CancelledError:
             if not self.runner.admission.preempted(asyncio.current_task()):
