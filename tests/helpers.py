@@ -23,10 +23,18 @@ def chat_body(model: str, content: str = "What is 2 + 3?", **extra: object) -> d
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
 
-def assert_disconnect_aborts(base_url: str, model: str, max_tokens: int) -> None:
-    """Open a long stream, read its first chunks, hang up: the engine must drop the
-    request, not run it to the end. Checked on vLLM's own counters once nothing runs."""
+def _idle(root_url: str, model: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while metric(root_url, "vllm:num_requests_running", model_name=model) > 0:
+        assert time.monotonic() < deadline, f"{model} still running after {timeout_s} s"
+        time.sleep(0.2)
+
+
+def _disconnect_once(base_url: str, model: str, max_tokens: int) -> tuple[float, float]:
+    """One long stream hung up after its first chunks: (requests of `model` that ran to
+    max_tokens meanwhile, tokens the engines generated meanwhile), once nothing runs."""
     root_url = base_url.removesuffix("/v1")
+    _idle(root_url, model)
     generated_before = metric(root_url, "vllm:generation_tokens_total", model_name=model)
     ran_to_length_before = metric(root_url, "vllm:request_success_total",
                                   model_name=model, finished_reason="length")
@@ -37,15 +45,29 @@ def assert_disconnect_aborts(base_url: str, model: str, max_tokens: int) -> None
         for _ in range(4):  # the role chunk and the first token (both sent at once)
             next(lines)
     # Closing the stream is the disconnect. Once nothing is running, count what it generated.
-    deadline = time.monotonic() + 60
-    while metric(root_url, "vllm:num_requests_running", model_name=model) > 0:
-        assert time.monotonic() < deadline, "request still running 60 s after disconnect"
-        time.sleep(0.2)
+    _idle(root_url, model)
     generated = metric(root_url, "vllm:generation_tokens_total", model_name=model)
-    # Aborted, not finished: it never reached max_tokens (vLLM counts no abort in
-    # request_success), and it stopped well short of it. How far it got depends on how
-    # loaded the machine is (hundreds of tokens under a busy CI run), not on frugal.
     ran_to_length = metric(root_url, "vllm:request_success_total",
                            model_name=model, finished_reason="length")
-    assert ran_to_length == ran_to_length_before
-    assert generated - generated_before < max_tokens * 0.75
+    return ran_to_length - ran_to_length_before, generated - generated_before
+
+
+def assert_disconnect_aborts(base_url: str, model: str, max_tokens: int,
+                             attempts: int = 3) -> None:
+    """Open a long stream, read its first chunks, hang up: the engine must drop the
+    request, not run it to the end. Checked on vLLM's own counters once nothing runs.
+
+    Aborted means it never reached max_tokens (vLLM counts no abort in request_success)
+    and stopped well short of it. How far it gets depends on how loaded the machine is:
+    on an idle server the abort lands within a token or two, but on a busy 2-core CI
+    machine the cancellation crossing three processes has taken longer than the whole
+    generation. So a run that went to the end is tried again, up to `attempts` times; a
+    gateway that never aborts fails every attempt."""
+    seen = []
+    for _ in range(attempts):
+        ran_to_length, generated = _disconnect_once(base_url, model, max_tokens)
+        if ran_to_length == 0 and generated < max_tokens * 0.75:
+            return
+        seen.append((ran_to_length, generated))
+    raise AssertionError(f"never aborted in {attempts} attempts (ran to length, tokens "
+                         f"generated): {seen}")
