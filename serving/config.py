@@ -387,17 +387,22 @@ class BatchConfig(StrictModel):
         "waiting queue never runs dry between waves of lines (docs/batch.md)."
     )
     busy_in_flight: int = Field(
-        2, ge=0, description="Batch lines in flight per gateway replica while interactive "
+        1, ge=0, description="Batch lines in flight per gateway replica while interactive "
         "requests run or ran within `quiet_s` (headroom for them; 0 pauses batches)."
     )
     quiet_s: float = Field(
         2.0, ge=0, description="Seconds without an interactive request before batches "
-        "take the idle cap again."
+        "climb back towards the idle cap."
+    )
+    ramp_s: float = Field(
+        0.25, ge=0, description="Once quiet, the cap doubles every `ramp_s` seconds from "
+        "`busy_in_flight` (at least 1) up to `idle_in_flight`, so a request arriving soon "
+        "after a quiet spell finds few lines to preempt (0 jumps straight to the idle cap)."
     )
     preempt: bool = Field(
-        True, description="When an interactive request arrives, abort the newest batch "
-        "lines above `busy_in_flight` at once (they run again later) instead of letting "
-        "them finish."
+        True, description="When an interactive request arrives, abort the batch lines "
+        "above `busy_in_flight` at once, keeping the oldest (the aborted ones run again "
+        "later) instead of letting them finish."
     )
     engine_priority: int = Field(
         10, ge=0, description="vLLM request priority of batch lines (interactive ones are "

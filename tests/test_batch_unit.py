@@ -136,7 +136,7 @@ def test_lines_finishing_while_results_are_committed_run_once_each(store):
 
 
 def test_interactive_traffic_preempts_the_lines_above_the_busy_cap(store):
-    """An interactive request takes its slots back at once: the newest lines above
+    """An interactive request takes its slots back at once: the lines above
     `busy_in_flight` are aborted and run again later, each still answered once."""
     engine = FakeEngine("small", delay_s=1.0)
     batch = store.create_batch("anonymous", upload(store, [line(f"x{i}") for i in range(40)]),
@@ -406,8 +406,8 @@ def test_a_key_sees_only_its_own_files_and_batches(store):
 
 def test_admission_gives_batches_the_idle_cap_only_after_quiet_s():
     load = InteractiveLoad()
-    admission = BatchAdmission(BatchConfig(idle_in_flight=64, busy_in_flight=2, quiet_s=0.2),
-                               load)
+    admission = BatchAdmission(BatchConfig(idle_in_flight=64, busy_in_flight=2, quiet_s=0.2,
+                                           ramp_s=0), load)
     assert admission.cap() == 64
     load.enter()
     assert admission.cap() == 2
@@ -415,3 +415,49 @@ def test_admission_gives_batches_the_idle_cap_only_after_quiet_s():
     assert admission.cap() == 2  # within quiet_s of the last interactive request
     time.sleep(0.25)
     assert admission.cap() == 64
+
+
+def test_after_quiet_s_the_cap_doubles_every_ramp_s_up_to_the_idle_cap():
+    load = InteractiveLoad()
+    config = BatchConfig(idle_in_flight=512, busy_in_flight=1, quiet_s=2.0, ramp_s=0.25)
+    admission = BatchAdmission(config, load)
+    now = time.monotonic()
+    caps = []
+    for quiet in (1.9, 2.0, 2.25, 2.5, 3.0, 5.0, 3600.0):
+        load.last_seen = now - quiet
+        caps.append(admission.cap())
+    assert caps[0] == 1  # still within quiet_s
+    assert caps[1] in (1, 2) and 2 <= caps[2] <= 3 and 4 <= caps[3] <= 5
+    assert 16 <= caps[4] <= 17 and caps[5] == caps[6] == 512
+
+
+def test_preemption_keeps_the_oldest_lines_and_restarts_the_quiet_period():
+    """The oldest lines run in the engine and are nearly done: they stay. The others are
+    cancelled over the next loop turns, and quiet counts from when the last is gone."""
+    config = BatchConfig(idle_in_flight=40, busy_in_flight=3, quiet_s=10, ramp_s=0)
+    load = InteractiveLoad()
+    admission = BatchAdmission(config, load)
+
+    async def scenario() -> tuple[list[bool], float, float]:
+        load.last_seen = float("-inf")
+        tasks = []
+        for _ in range(40):
+            await admission.acquire()
+            task = asyncio.create_task(asyncio.sleep(10))
+            admission.hold(task)
+            task.add_done_callback(admission.release)
+            tasks.append(task)
+        load.enter()
+        load.leave()
+        left_at = load.last_seen
+        await asyncio.gather(*tasks[3:], return_exceptions=True)
+        kept = [not t.done() for t in tasks]
+        for task in tasks[:3]:
+            task.cancel()
+        await asyncio.gather(*tasks[:3], return_exceptions=True)
+        return kept, left_at, load.last_seen
+
+    kept, left_at, quiet_from = asyncio.run(scenario())
+    assert kept == [True] * 3 + [False] * 37
+    assert admission.preempted_count == 37 and admission.in_use == 0
+    assert quiet_from > left_at  # touched when the last preempted line was gone

@@ -9,11 +9,21 @@ gateway replica: each replica sees the interactive requests it serves.
 
 A cap that drops does not wait for the lines above it to finish (a line holds its
 sequence slot for its whole generation, a second or more): the moment an interactive
-request arrives, the newest lines above the busy cap are preempted, their engine
-requests aborted, and they stay pending to run again later. Their answers never
-existed, so no line is answered twice; the cost is their partial work
+request arrives, the lines above the busy cap are preempted, their engine requests
+aborted, and they stay pending to run again later. Their answers never existed, so no
+line is answered twice; the cost is their partial work
 (`frugal_batch_lines_preempted_total`).
+
+Aborting hundreds of lines is itself work in the gateway's event loop (each
+cancellation unwinds the pipeline and the engine call), work that the arriving
+request would otherwise queue behind. So the oldest `busy_in_flight` lines are kept
+(they run in the engine and are nearly done), the others are cancelled oldest first,
+`PREEMPT_CHUNK` per loop turn, so that the engine's sequence slots free first and the
+interactive request's own steps run between the chunks; and the quiet period starts
+again when the last of them is gone, so a request that waited behind the aborts does
+not find the batch back at its idle cap.
 """
+
 
 from __future__ import annotations
 
@@ -23,6 +33,9 @@ from collections.abc import Callable
 
 from serving import metrics
 from serving.config import BatchConfig
+
+#: Lines cancelled per event-loop turn while preempting (see the module docstring).
+PREEMPT_CHUNK = 16
 
 
 class InteractiveLoad:
@@ -41,6 +54,10 @@ class InteractiveLoad:
 
     def leave(self) -> None:
         self.in_flight = max(0, self.in_flight - 1)
+        self.last_seen = time.monotonic()
+
+    def touch(self) -> None:
+        """Something interactive happened (a preemption ended): the quiet period restarts."""
         self.last_seen = time.monotonic()
 
     def quiet_for(self) -> float:
@@ -64,9 +81,17 @@ class BatchAdmission:
         load.on_enter.append(self.shed)
 
     def cap(self) -> int:
-        if self.load.quiet_for() >= self.config.quiet_s:
-            return self.config.idle_in_flight
-        return self.config.busy_in_flight
+        """`busy_in_flight` until `quiet_s` has passed, then doubling every `ramp_s` (slow
+        start: the engine never jumps from busy to full, so the next arrival finds little
+        to preempt) up to `idle_in_flight`."""
+        config = self.config
+        quiet = self.load.quiet_for() - config.quiet_s
+        if quiet < 0:
+            return config.busy_in_flight
+        if config.ramp_s <= 0:
+            return config.idle_in_flight
+        doublings = min(quiet / config.ramp_s, 30.0)
+        return min(config.idle_in_flight, int(max(1, config.busy_in_flight) * 2 ** doublings))
 
     async def acquire(self) -> None:
         while self.in_use >= self.cap():
@@ -87,25 +112,35 @@ class BatchAdmission:
         metrics.BATCH_LINES_IN_FLIGHT.dec()
         if task is not None:
             self._holders.pop(task, None)
-            self._preempted.discard(task)
+            if task in self._preempted:
+                self._preempted.discard(task)
+                if not self._preempted:
+                    self.load.touch()
         self._changed.set()
 
     def shed(self) -> int:
-        """Preempt the newest lines above the current cap (they have done the least
-        work); returns how many."""
+        """Preempt the lines above the current cap, keeping the oldest; returns how many.
+        They are cancelled over the next loop turns, oldest first."""
         if not self.config.preempt:
             return 0
-        excess = len(self._holders) - self.cap()
-        if excess <= 0:
+        keep = self.cap()
+        if len(self._holders) <= keep:
             return 0
-        victims = list(self._holders)[-excess:]
+        victims = list(self._holders)[keep:]
         for task in victims:
             del self._holders[task]
             self._preempted.add(task)
-            task.cancel()
+        asyncio.get_running_loop().call_soon(self._cancel_some, victims, 0)
         self.preempted_count += len(victims)
         metrics.BATCH_LINES_PREEMPTED.inc(len(victims))
         return len(victims)
+
+    def _cancel_some(self, victims: list[asyncio.Task[None]], start: int) -> None:
+        for task in victims[start:start + PREEMPT_CHUNK]:
+            task.cancel()
+        if start + PREEMPT_CHUNK < len(victims):
+            asyncio.get_running_loop().call_soon(self._cancel_some, victims,
+                                                 start + PREEMPT_CHUNK)
 
     def preempted(self, task: asyncio.Task[None] | None) -> bool:
         """Was `task` cancelled by `shed` (not by a shutdown)?"""
