@@ -24,7 +24,6 @@ again when the last of them is gone, so a request that waited behind the aborts 
 not find the batch back at its idle cap.
 """
 
-
 from __future__ import annotations
 
 import asyncio
@@ -48,16 +47,16 @@ class InteractiveLoad:
 
     def enter(self) -> None:
         self.in_flight += 1
-        self.last_seen = time.monotonic()
+        self.touch()
         for react in self.on_enter:
             react()
 
     def leave(self) -> None:
         self.in_flight = max(0, self.in_flight - 1)
-        self.last_seen = time.monotonic()
+        self.touch()
 
     def touch(self) -> None:
-        """Something interactive happened (a preemption ended): the quiet period restarts."""
+        """The quiet period restarts (a request came or went, or a preemption ended)."""
         self.last_seen = time.monotonic()
 
     def quiet_for(self) -> float:
