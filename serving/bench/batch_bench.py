@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -44,13 +45,18 @@ from serving.bench.batch_work import (
 )
 from serving.bench.loadgen import LoadResult, mean_result, run_load
 from serving.bench.serve_bench import ENGINE, ENGINE_ENV, frugal_config
+from serving.config import BatchConfig
 
 BATCH_ENGINE: dict[str, Any] = {**ENGINE, "max_num_seqs": 256, "max_num_batched_tokens": 4096}
 TARGET_OFFLINE_RATIO = 0.9
 TARGET_TTFT_P95_RATIO = 1.3
 INTERACTIVE_CONCURRENCY = 4
 ONLINE_CONCURRENCY = 64
-QUIET_S = 2.0  # batch.quiet_s of the bench server (the default)
+_BATCH = BatchConfig()  # the bench server runs the default admission
+#: How long after its last interactive request a server is idle for batches: the quiet
+#: period, then the slow start from busy_in_flight up to idle_in_flight (docs/batch.md).
+IDLE_AFTER_S = _BATCH.quiet_s + _BATCH.ramp_s * math.log2(
+    _BATCH.idle_in_flight / max(1, _BATCH.busy_in_flight))
 
 
 class Throughput(BaseModel):
@@ -214,7 +220,7 @@ def sharing_run(url: str, model_id: str, n: int, max_tokens: int, requests: int,
                 idle_rate: float) -> Sharing:
     """Interactive alone, then beside a batch of `n` lines (cancelled after), then alone."""
     before = interactive(url, model_id, requests, max_tokens)
-    time.sleep(QUIET_S + 1)  # the batch starts at its idle cap: arriving streams preempt
+    time.sleep(IDLE_AFTER_S + 0.5)  # the batch starts at its idle cap: streams preempt
     sdk = client(url)
     batch = submit(sdk, jsonl(line_bodies(n, model_id, max_tokens)))
     wait_for(sdk, batch.id, lambda b: finished(b) or done_lines(b) > 0, timeout_s=600)
@@ -228,7 +234,7 @@ def sharing_run(url: str, model_id: str, n: int, max_tokens: int, requests: int,
     preempted = metric_total(url, "frugal_batch_lines_preempted_total")
     sdk.batches.cancel(batch.id)
     wait_for(sdk, batch.id, finished, timeout_s=600)
-    time.sleep(QUIET_S + 1)  # the engine is idle again
+    time.sleep(IDLE_AFTER_S + 0.5)  # the engine is idle again
     after = interactive(url, model_id, requests, max_tokens)
     return Sharing(alone=mean_result([before, after]), alone_runs=[before, after],
                    with_batch=shared, batch_lines_per_s=rate, batch_lines_per_s_idle=idle_rate,
@@ -277,9 +283,10 @@ def run_batch_bench(
                 if way == "offline":
                     run = offline_run(model_path, lines, max_tokens, round_)
                 elif way == "batch":
-                    # Online requests are interactive: wait out batch.quiet_s after them,
-                    # or the batch starts at busy_in_flight.
-                    time.sleep(QUIET_S + 1)
+                    # Online requests are interactive: wait until the server is idle
+                    # for batches (quiet_s and the slow start), or (a) would time the
+                    # ramp up from busy_in_flight rather than an idle server.
+                    time.sleep(IDLE_AFTER_S + 0.5)
                     run = batch_run(server.url, model_id, lines, max_tokens, round_)
                 else:
                     run = online_run(server.url, model_id, lines, max_tokens, round_)
