@@ -1,8 +1,8 @@
 """The `frugal` command line: one entry point, one sub-command per job.
 
 This module is the composition root, and the only one that knows every layer: it adds
-`serve` and each sub-app (config, zoo, bench, cache, quantize, router, batch), each defined with
-its commands in its own module. No package module imports this one.
+`serve` and each sub-app (config, zoo, bench, cache, quantize, router, batch, keys),
+each defined with its commands in its own module. No package module imports this one.
 
 Sub-command modules import their heavy dependencies (torch, vLLM, Ray) inside the
 command functions so that `frugal --help` and `frugal config validate` stay instant.
@@ -19,6 +19,7 @@ from serving.cache_cli import app as cache_app
 from serving.config_cli import app as config_app
 from serving.router.cli import app as router_app
 from serving.serve_cli import serve
+from serving.tenants.cli import app as keys_app
 from serving.zoo.cli import app as zoo_app
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(quantize_app, name="quantize")
 app.add_typer(router_app, name="router")
 app.add_typer(batch_app, name="batch")
+app.add_typer(keys_app, name="keys")
 
 
 if __name__ == "__main__":

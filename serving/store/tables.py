@@ -1,13 +1,24 @@
 """The store's tables (SQLAlchemy 2.0 declarative models).
 
-One row per uploaded or produced file, per batch, and per input line of a batch. The
+One row per uploaded or produced file, per batch, and per input line of a batch (and
+the tenants' keys, spend, reservations and ledger, at the end). The
 line rows are what makes a batch exactly-once: a line's result is written once, by the
 update that moves it from `pending` to `done` (`serving.batch.store`).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -81,3 +92,67 @@ class BatchLineRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a runner started it
 
     __table_args__ = (Index("ix_batch_lines_pending", "batch_id", "state", "line"),)
+
+
+# --- tenants (serving/tenants): keys by hash, spend per period, reservations, ledger ----
+
+
+class ApiKeyRow(Base):
+    """A key as `frugal keys create` made it; the key itself is never stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    hint: Mapped[str] = mapped_column(String(16))
+    budget_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    budget_period: Mapped[str] = mapped_column(String(8), default="month")
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    models: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    min_quality: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class KeySpendRow(Base):
+    """A key's spend in one budget period, and what requests in flight have reserved."""
+
+    __tablename__ = "key_spend"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    period: Mapped[str] = mapped_column(String(16), primary_key=True)
+    spent_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class KeyReservationRow(Base):
+    """One request's reservation, so that a crashed gateway's can be released."""
+
+    __tablename__ = "key_reservations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    period: Mapped[str] = mapped_column(String(16))
+    estimate_usd: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class KeyLedgerRow(Base):
+    """One answered (or failed) request of a key: what it cost and saved."""
+
+    __tablename__ = "key_ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(32), index=True)
+    period: Mapped[str] = mapped_column(String(16), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    model: Mapped[str] = mapped_column(String(256))
+    batch: Mapped[bool] = mapped_column(Boolean, default=False)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    saved_usd: Mapped[float] = mapped_column(Float, default=0.0)

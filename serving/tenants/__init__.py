@@ -1,0 +1,1 @@
+"""Tenants: API keys (hashed), their budgets, rate limits and ledger (docs/tenants.md)."""
