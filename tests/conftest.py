@@ -8,7 +8,8 @@ shares this one. It serves the demo zoo's smallest model twice over:
   tests/test_faults.py waits for it to come back, so their order does not matter).
 
 `postgres_url` is a real PostgreSQL server for the session (tests/postgres.py), for the
-store tests that run on both SQLite and PostgreSQL.
+store tests that run on both SQLite and PostgreSQL; `redis_url` a real Redis
+(tests/redis_server.py), the rate limiter's shared storage.
 """
 
 from __future__ import annotations
@@ -136,5 +137,19 @@ def postgres_url() -> Iterator[str]:
         try:
             url = stack.enter_context(postgres_server())
         except PostgresUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis server for the session (tests/redis_server.py): the rate limiter's
+    shared storage. Fails, never skips, when no server can be started."""
+    from tests.redis_server import RedisUnavailable, redis_server
+
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(redis_server())
+        except RedisUnavailable as exc:
             pytest.fail(str(exc), pytrace=False)
         yield url
