@@ -373,6 +373,37 @@ class StoreConfig(StrictModel):
         return Path(self.files_dir) if self.files_dir else self.state_path() / "files"
 
 
+class TenantsConfig(StrictModel):
+    """API keys with budgets, rate limits, model lists and quality targets
+    (docs/tenants.md). Off: only `gateway.api_keys` (or nothing) is checked."""
+
+    enabled: bool = Field(
+        False, description="Keys come from the store (`frugal keys create`); every model "
+        "endpoint needs one. `gateway.api_keys` still work beside them."
+    )
+    rate_limit_storage: str = Field(
+        "memory://", description="Where rpm/tpm windows are counted (the `limits` "
+        "library's storage URI): `memory://` counts per process (one gateway replica); "
+        "`redis://host:6379` or `valkey://host:6379` is shared by every replica. "
+        "`FRUGAL_RATE_LIMIT_STORAGE` overrides it (the Helm chart sets it from a Secret)."
+    )
+    key_cache_s: float = Field(
+        2.0, ge=0, description="How long a replica trusts a key lookup: a revoked key "
+        "stops working on every replica within this."
+    )
+    reservation_ttl_s: float = Field(
+        900.0, gt=0, description="A budget reservation older than this was left by a "
+        "gateway that stopped mid-request, and is released."
+    )
+    estimate_output_tokens: int = Field(
+        1024, ge=1, description="Output tokens reserved against the budget for a request "
+        "without max_tokens (its real cost is settled when it ends)."
+    )
+
+    def rate_limit_uri(self) -> str:
+        return os.environ.get("FRUGAL_RATE_LIMIT_STORAGE") or self.rate_limit_storage
+
+
 class BatchConfig(StrictModel):
     """Lever 4: the Files and Batches API, run on idle capacity (docs/batch.md)."""
 
@@ -425,6 +456,7 @@ class FrugalConfig(StrictModel):
     router: RouterConfig = Field(default_factory=RouterConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    tenants: TenantsConfig = Field(default_factory=TenantsConfig)
     models: list[ModelConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

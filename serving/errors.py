@@ -16,6 +16,7 @@ _TYPES = {
     404: "NotFoundError",
     413: "RequestTooLargeError",
     422: "UnprocessableEntityError",
+    429: "RateLimitError",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
@@ -31,28 +32,39 @@ class APIError(Exception):
         *,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        code: str | None = None,
+        type_: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.headers = headers or {}
+        #: OpenAI's string code and type where a client acts on them: 429s are
+        #: `insufficient_quota` (stop) or `rate_limit_exceeded` of type `requests` or
+        #: `tokens` (retry later). Other errors: the class name and the status.
+        self.code = code
+        self.type = type_ or code
 
 
-def error_body(status: int, message: str, param: str | None = None) -> dict:
+def error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None,
+    type_: str | None = None,
+) -> dict:
     return {
         "error": {
             "message": message,
-            "type": _TYPES.get(status, HTTPStatus(status).phrase.replace(" ", "") + "Error"),
+            "type": type_ or code or _TYPES.get(
+                status, HTTPStatus(status).phrase.replace(" ", "") + "Error"),
             "param": param,
-            "code": status,
+            "code": code or status,
         }
     }
 
 
 def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(
-        error_body(error.status, error.message, error.param),
+        error_body(error.status, error.message, error.param, error.code, error.type),
         status_code=error.status,
         headers=error.headers,
     )

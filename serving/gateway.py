@@ -6,7 +6,9 @@ as an HTTP response. It holds no lever logic and writes no metrics.
 
 Failure contract (every error is an OpenAI error object, see `serving.errors`):
 - body not JSON, wrong field types, missing `model` -> 400; body too large -> 413;
-- bad or missing API key (when keys are configured) -> 401, before the body is read;
+- bad, missing or revoked API key (when keys are configured) -> 401, before the body
+  is read; over the key's rpm/tpm -> 429 with `Retry-After`; its budget spent -> 429
+  `insufficient_quota`; a model outside its list -> 404 (docs/tenants.md);
 - unknown model -> 404; prompt longer than the context -> 400 (vLLM's message);
 - engine overloaded (queue full) or down -> 503 with `Retry-After`; never a hang;
 - an engine failing mid-stream -> an in-band error event of the same shape;
@@ -40,6 +42,7 @@ from serving.pipeline.engine_call import ModelCaller
 from serving.pipeline.parse import parse_request, read_json
 from serving.pipeline.pipeline import Answer, Pipeline, StreamAnswer
 from serving.router.runtime import Router
+from serving.tenants.app import build_tenants
 
 if TYPE_CHECKING:
     from serving.engine import ModelEngine
@@ -103,7 +106,15 @@ class Gateway:
         self.max_model_lens: dict[str, int] = {}
         self.router = Router.load(config)
         self.caller = ModelCaller(handles, config.gateway.retry_after_s)
-        self.pipeline = Pipeline(config, build_chain(config, self.router), self.caller)
+        try:  # names this replica in `x-frugal-replica` (which one answered: debugging
+            # affinity and per-replica limits); absent outside Ray Serve (unit tests)
+            self.replica = serve.get_replica_context().replica_tag
+        except Exception:
+            self.replica = None
+        self.tenants = build_tenants(config)
+        self.tenants.start()
+        self.pipeline = Pipeline(
+            config, build_chain(config, self.router, self.tenants), self.caller)
         logger.info("lever chain: %s", " -> ".join(self.pipeline.chain.names))
         # Lever 4: the Files and Batches API and this replica's batch runner.
         self.batches: Batches | None = (
@@ -129,7 +140,9 @@ class Gateway:
 
     @app.get("/v1/models")
     async def list_models(self, raw: Request) -> dict[str, Any]:
-        await self.pipeline.admit(self._context(raw, Endpoint.CHAT))
+        ctx = self._context(raw, Endpoint.CHAT, generation=False)
+        await self.pipeline.admit(ctx)
+        key = ctx.tenant
         data = [
             {
                 "id": model.model_id,
@@ -140,8 +153,9 @@ class Gateway:
                 "max_model_len": await self._max_model_len(model.model_id),
             }
             for model in self.config.models
+            if key is None or key.allows_model(model.model_id)
         ]
-        if self.router is not None:
+        if self.router is not None and (key is None or key.allows_model(AUTO)):
             data.append({"id": AUTO, "object": "model", "created": self.created,
                          "owned_by": "frugal", "root": None, "max_model_len": None})
         return {"object": "list", "data": data}
@@ -172,12 +186,19 @@ class Gateway:
 
     async def _generate(self, raw: Request, endpoint: Endpoint) -> Response:
         ctx = self._context(raw, endpoint)
-        await self.pipeline.admit(ctx)
-        body = read_json(await raw.body(), self.max_request_bytes)
-        ctx.request, ctx.extras, ctx.options = parse_request(
-            body, endpoint, self.pipeline.chain.extra_fields
-        )
-        return render(await self.pipeline.run(ctx))
+        if self.replica is not None:
+            ctx.response_headers["x-frugal-replica"] = self.replica
+        try:
+            await self.pipeline.admit(ctx)
+            body = read_json(await raw.body(), self.max_request_bytes)
+            ctx.request, ctx.extras, ctx.options = parse_request(
+                body, endpoint, self.pipeline.chain.extra_fields
+            )
+            return render(await self.pipeline.run(ctx))
+        except APIError as exc:  # refusals name the replica too (429s: whose count)
+            if self.replica is not None:
+                exc.headers.setdefault("x-frugal-replica", self.replica)
+            raise
 
     # --- files and batches (lever 4, serving/batch): admit, then the service ------------
 
@@ -225,11 +246,13 @@ class Gateway:
 
     async def _owner(self, raw: Request) -> str:
         """The caller's key label (after the tenant lever admitted it): rows' owner."""
-        ctx = self._context(raw, Endpoint.CHAT)
+        ctx = self._context(raw, Endpoint.CHAT, generation=False)
         await self.pipeline.admit(ctx)
         return ctx.key_label
 
-    def _context(self, raw: Request, endpoint: Endpoint) -> RequestContext:
+    def _context(self, raw: Request, endpoint: Endpoint,
+                 generation: bool = True) -> RequestContext:
         return RequestContext(
-            endpoint=endpoint, api_key=bearer_token(raw.headers.get("authorization"))
+            endpoint=endpoint, api_key=bearer_token(raw.headers.get("authorization")),
+            generation=generation,
         )

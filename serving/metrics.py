@@ -1,7 +1,8 @@
 """Prometheus metrics recorded by the gateway, correct across processes and replicas.
 
 One writer: the accounting lever (`serving.levers.accounting`) records every metric
-here from the request context, once per request, when its usage is known.
+here from the request context, once per request, when its usage is known; the one
+exception is `TENANT_REFUSALS`, for requests refused before the chain priced them.
 
 `frugal serve` points `PROMETHEUS_MULTIPROC_DIR` at a fresh directory for every Ray
 actor it starts, so gateway replicas and the vLLM engines (whose own `vllm:*` metrics
@@ -154,6 +155,14 @@ LATE_FIXED_PROMPTS = Counter(
     ["api_key"],
 )
 
+
+# Tenants: refusals happen before accounting sees a request (401, 429 in admit), so the
+# tenant and budget levers write this one themselves. `key` is the key's id (bounded by
+# the keys an admin created; "unknown" for tokens that match none).
+TENANT_REFUSALS = Counter(
+    "frugal_tenant_refusals", "Requests refused for their API key, by key and reason.",
+    ["key", "reason"],
+)
 
 ROUTER_DECISIONS = Counter(
     "frugal_router_decisions", "model='auto' requests by the model chosen.", ["model"]

@@ -19,6 +19,7 @@ from serving.pipeline.engine_call import ModelCaller
 from serving.pipeline.lever import Lever
 from serving.pipeline.parse import parse_request
 from serving.pipeline.pipeline import Pipeline
+from serving.tenants.app import Tenants
 
 
 class FakeEngine:
@@ -88,10 +89,11 @@ def fake_config(reasoning_small: bool = True) -> FrugalConfig:
 
 
 def fake_pipeline(engines: dict[str, FakeEngine], extra: Lever | None = None,
-                  config: FrugalConfig | None = None) -> Pipeline:
+                  config: FrugalConfig | None = None, tenants: Tenants | None = None
+                  ) -> Pipeline:
     """The real chain (plus `extra` last) in front of the fake engines."""
     config = config or fake_config()
-    chain = build_chain(config, router=None)
+    chain = build_chain(config, router=None, tenants=tenants)
     if extra is not None:
         chain = Chain([*chain.levers, extra])
     caller = ModelCaller({name: LocalHandle(e) for name, e in engines.items()}, 2)

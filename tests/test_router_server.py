@@ -3,7 +3,8 @@
 Starts its own frugal (zoo-s, zoo-m, zoo-l and the shipped router artefacts in
 `router/`), because the shared session server serves zoo-s only. The cascade threshold is
 set to 0.5 here so that a hard item forced onto zoo-s (a tiny quality target) escalates.
-API keys are on, with a quality target per key, so that two keys route differently.
+Tenants are on: a YAML key without a target, and two store keys (`frugal keys create
+--min-quality`) whose targets make them route differently.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ HELD_OUT_SEED = 1_000_000_456  # an eval seed the shipped predictor was not trai
 # cores the prices derived from throughput put zoo-s and zoo-m level (docs/router.md).
 PRICES = {"zoo-s": 0.01, "zoo-m": 0.04, "zoo-l": 0.08}
 KEY = "key-default"  # no target of its own: router.min_quality applies
-KEY_TARGETS = {"key-lenient": 0.01, "key-strict": 0.99}
+KEY_TARGETS = {"lenient": 0.01, "strict": 0.99}  # store keys' min_quality
+#: The store keys' plaintext, by name, filled by the `auto_server` fixture.
+STORE_KEYS: dict[str, str] = {}
 
 
-def _config() -> dict:
+def _config(store_url: str) -> dict:
     engine = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 1024}
     models = [
         {
@@ -42,13 +45,14 @@ def _config() -> dict:
     return {
         "ray": {"num_cpus": 8},
         "cost": {"node_usd_per_hour": 0.10},
-        "gateway": {"api_keys": [KEY, *KEY_TARGETS]},
+        "gateway": {"api_keys": [KEY]},
+        "store": {"url": store_url},
+        "tenants": {"enabled": True},
         "router": {
             "scorecard": str(ROUTER_DIR / "scorecard.json"),
             "predictor": str(ROUTER_DIR / "predictor.npz"),
             "min_quality": 0.9,
             "escalate_below": 0.5,
-            "min_quality_by_key": KEY_TARGETS,
         },
         "models": models,
     }
@@ -65,7 +69,16 @@ def auto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     untrained = [n for n in ("zoo-m", "zoo-l") if not (zoo / n / "config.json").exists()]
     if untrained:
         pytest.skip(f"{', '.join(untrained)} not trained yet: `frugal zoo build` (docs/zoo.md)")
-    with started_server(_config(), tmp_path_factory.mktemp("auto"), 900) as running:
+    from serving.store.db import open_engine, session_factory
+    from serving.tenants.keys import KeySettings
+    from serving.tenants.store import KeyStore
+
+    workdir = tmp_path_factory.mktemp("auto")
+    store_url = f"sqlite:///{workdir / 'frugal.db'}"
+    store = KeyStore(session_factory(open_engine(store_url)))
+    for name, target in KEY_TARGETS.items():
+        STORE_KEYS[name] = store.create(KeySettings(name=name, min_quality=target))[1]
+    with started_server(_config(store_url), workdir, 900) as running:
         yield running.url
 
 
@@ -129,17 +142,18 @@ def test_bad_min_quality_is_400(auto_server: str, bad: object) -> None:
 
 
 def test_each_key_routes_by_its_own_quality_target(auto_server: str) -> None:
-    """`router.min_quality_by_key`: the same hard items go to zoo-s for a key content with
+    """A key's `min_quality`: the same hard items go to zoo-s for a key content with
     anything, and to a larger model for a key that wants near-certainty."""
     from openai import OpenAI
 
     chosen: dict[str, list[str]] = {}
     for key in KEY_TARGETS:
-        keyed = OpenAI(base_url=auto_server, api_key=key, max_retries=0, timeout=120)
+        keyed = OpenAI(base_url=auto_server, api_key=STORE_KEYS[key], max_retries=0,
+                       timeout=120)
         chosen[key] = [_route(keyed, item.messages)[1].split(";")[0]
                        for item in _items("reverse", 6)]
-    assert chosen["key-lenient"] == ["zoo-s"] * 4, chosen
-    assert all(model != "zoo-s" for model in chosen["key-strict"]), chosen
+    assert chosen["lenient"] == ["zoo-s"] * 4, chosen
+    assert all(model != "zoo-s" for model in chosen["strict"]), chosen
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong-key", "Basic a2V5LWRlZmF1bHQ="])

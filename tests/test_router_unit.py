@@ -320,20 +320,6 @@ def test_router_load_uses_only_served_models_and_is_off_without_scorecard(
                                                     "scorecard": "card.json"}))) is None
 
 
-def test_min_quality_by_key(
-    tmp_path: Path, scorecard: Scorecard, predictor: Predictor
-) -> None:
-    scorecard.save(tmp_path / "card.json")
-    predictor.save(tmp_path / "p.npz")
-    settings = {"scorecard": "card.json", "predictor": "p.npz",
-                "min_quality_by_key": {"sk-a": 0.99}}
-    config = load_config(_yaml(tmp_path, settings))
-    router = Router.load(config)
-    assert router is not None
-    assert router.min_quality_for("sk-a") == 0.99
-    assert router.min_quality_for("sk-b") == router.default_min_quality
-
-
 # --- checkers and the offline route benchmark ------------------------------------------
 
 

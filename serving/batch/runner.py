@@ -297,7 +297,7 @@ async def run_line(pipeline: Pipeline, batch: BatchRow, endpoint: Endpoint,
         answer = await pipeline.run(ctx)
         status, out = answer.status, answer.body  # type: ignore[union-attr]
     except APIError as exc:
-        status, out = exc.status, error_body(exc.status, exc.message, exc.param)
+        status, out = exc.status, error_body(exc.status, exc.message, exc.param, exc.code, exc.type)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # a bug or an engine crash: the line fails, the batch goes on

@@ -270,7 +270,6 @@ def params_priced(router: Any, config: Any, scorecard: Any) -> Any:
         default_min_quality=router.default_min_quality,
         cascade=router.cascade,
         escalate_below=router.escalate_below,
-        min_quality_by_key=router.min_quality_by_key,
         prices=prices,
         hopeless_below=router.hopeless_below,
     )

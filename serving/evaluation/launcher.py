@@ -200,8 +200,10 @@ def frugal_server(
         url = ready[0]
         keys = (config.get("gateway") or {}).get("api_keys") or []
         auth = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
-        if httpx.get(f"{url}/models", headers=auth, timeout=30).status_code != 200:
-            raise RuntimeError(f"frugal printed READY but {url}/models fails; log: {log_path}")
+        tenants_only = bool((config.get("tenants") or {}).get("enabled")) and not keys
+        check = url.removesuffix("/v1") + "/health" if tenants_only else f"{url}/models"
+        if httpx.get(check, headers=auth, timeout=30).status_code != 200:
+            raise RuntimeError(f"frugal printed READY but {check} fails; log: {log_path}")
         yield Running(url, process.pid, log_path)
     finally:
         stop_session(process)

@@ -2,7 +2,8 @@
 
 Chain order (hooks run in this order; docs/architecture.md explains each step):
 
-1. tenant        who is calling: API key -> 401 (admit)
+1. tenant        who is calling: API key -> 401, rpm/tpm -> 429 (admit); model list
+                 -> 404, the key's quality target (before)
    batch         lever 4: interactive load for batch admission; batch lines' priority
 2. router        lever 1: model="auto" -> the cheapest model good enough
 3. cascade       lever 1: retry a doubtful `auto` answer on a larger model (if on)
@@ -10,6 +11,8 @@ Chain order (hooks run in this order; docs/architecture.md explains each step):
 5. structured    lever 7: bound what a JSON schema leaves unbounded; count cut answers
 6. prompt_cache  lever 3: prompt-shape observations for `frugal cache report`
 7. accounting    usage, cost, savings and every request metric (the one writer)
+8. budget        the key's budget: reserve an estimate (429 when spent), settle the
+                 real cost into the ledger (after accounting priced it)
 
 Guided decoding itself (lever 7) is vLLM's: its protocol model turns `response_format`
 into a grammar in the engine; the structured lever only bounds the schema first. To add
@@ -22,6 +25,7 @@ from serving.config import FrugalConfig
 from serving.cost import CostModel
 from serving.levers.accounting import AccountingLever
 from serving.levers.batch import BatchLever
+from serving.levers.budget import BudgetLever
 from serving.levers.cascade import CascadeLever
 from serving.levers.prompt_cache import PromptCacheLever
 from serving.levers.reasoning import ReasoningLever
@@ -32,13 +36,19 @@ from serving.pipeline.chain import Chain
 from serving.pipeline.lever import Lever
 from serving.pricing import price_table
 from serving.router.runtime import Router
+from serving.tenants.app import Tenants
+from serving.tenants.resolver import KeyResolver
 
 
-def build_chain(config: FrugalConfig, router: Router | None) -> Chain:
-    """The chain the YAML asks for; levers that are off are left out entirely."""
+def build_chain(config: FrugalConfig, router: Router | None,
+                tenants: Tenants | None = None) -> Chain:
+    """The chain the YAML asks for; levers that are off are left out entirely.
+    `tenants` defaults to the YAML's keys alone (no store: no budgets, no ledger)."""
     prices = router.prices if router is not None else price_table(config)
+    if tenants is None:
+        tenants = Tenants(keys=KeyResolver(config.gateway.api_keys, None, 0.0))
     levers: list[Lever | None] = [
-        TenantLever(config.gateway.api_keys),
+        TenantLever(tenants.keys, tenants.limiter),
         BatchLever(config.batch.engine_priority) if config.batch.enabled else None,
         RouterLever(router),
         CascadeLever(router) if router is not None and router.cascade else None,
@@ -46,5 +56,7 @@ def build_chain(config: FrugalConfig, router: Router | None) -> Chain:
         StructuredLever(),
         PromptCacheLever(),
         AccountingLever(CostModel(config, prices)),
+        BudgetLever(tenants.store, prices, config.tenants.estimate_output_tokens)
+        if tenants.store is not None else None,
     ]
     return Chain([lever for lever in levers if lever is not None])

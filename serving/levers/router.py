@@ -2,7 +2,8 @@
 enough (`serving.router.runtime` holds the policy; this is its place in the chain).
 
 The quality target is the request's `extra_body.frugal.min_quality`, else the caller's
-key target (`router.min_quality_by_key`), else `router.min_quality`. A request naming a
+key target (`frugal keys create --min-quality`, set by the tenant lever), else
+`router.min_quality`. A request naming a
 model goes to that model untouched. The decision is in `x-frugal-route`.
 """
 
@@ -53,9 +54,10 @@ class RouterLever(Lever):
                 param="model",
             )
         requested = ctx.options.min_quality if ctx.options is not None else None
-        ctx.min_quality = (
-            requested if requested is not None else self.router.min_quality_for(ctx.api_key)
-        )
+        if requested is not None:
+            ctx.min_quality = requested
+        elif ctx.min_quality is None:  # no key target either
+            ctx.min_quality = self.router.default_min_quality
         ctx.route = self.router.choose(route_messages(ctx.request), ctx.min_quality)
         ctx.model = ctx.route.model
         ctx.response_headers["x-frugal-route"] = ctx.route.header()

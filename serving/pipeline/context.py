@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from serving.levers.reasoning import ThinkingAsk
     from serving.pipeline.parse import FrugalOptions
     from serving.router.runtime import RouteDecision
+    from serving.tenants.keys import KeyRecord
+    from serving.tenants.store import Reservation
 
 
 class Endpoint(StrEnum):
@@ -64,6 +66,8 @@ class RequestContext:
     options: FrugalOptions | None = None  # extra_body.frugal, validated
     api_key: str | None = None  # the bearer token as sent (never logged or stored)
     key_label: str = "anonymous"  # a metrics label that does not reveal the key
+    tenant: KeyRecord | None = None  # the caller's key (tenants), once admitted
+    generation: bool = True  # a model endpoint (rate-limited); False: files, models list
     priority: Priority = Priority.INTERACTIVE
     started: float = field(default_factory=time.perf_counter)
 
@@ -82,6 +86,7 @@ class RequestContext:
     counted_interactive: bool = False  # the batch lever counts it in the interactive load
     structured: bool = False  # the request constrains the answer (response_format, ...)
     json_capped_fields: int = 0  # subschemas the structured lever bounded (last call)
+    reservation: Reservation | None = None  # the budget held for this request (tenants)
 
     # What happened.
     calls: list[ModelCall] = field(default_factory=list)

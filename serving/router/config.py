@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class RouterConfig(BaseModel):
@@ -37,15 +35,3 @@ class RouterConfig(BaseModel):
         description="Escalate when the answer's confidence (P(correct | its token logprobs)) "
         "is below this; default: the request's quality target.",
     )
-    min_quality_by_key: dict[str, float] = Field(
-        default_factory=dict,
-        description="Default quality target per API key (a request's frugal.min_quality wins).",
-    )
-
-    @field_validator("min_quality_by_key")
-    @classmethod
-    def _targets_in_range(cls, value: dict[str, float]) -> dict[str, float]:
-        for key, target in value.items():
-            if not math.isfinite(target) or not 0 < target <= 1:
-                raise ValueError(f"target for key {key[:4]}... must be in (0, 1], got {target}")
-        return value

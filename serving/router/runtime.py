@@ -7,7 +7,7 @@ The gateway's contract (it composes; the policy lives here):
   from the scorecard in memory, so adding a model and running `frugal bench eval` is all
   it takes for `auto` to use it.
 - `router.validate_min_quality(value)` on the request's `extra_body.frugal.min_quality`
-  (ValueError -> 400); `router.min_quality_for(api_key)` for the per-key default.
+  (ValueError -> 400); a key's own target comes from its record (serving.tenants).
 - `router.choose(messages, min_quality)` -> `RouteDecision` (pure, well under 5 ms).
 - call `decision.model` (with `logprobs=True` when `router.cascade`), then
   `router.escalation(decision, answered_by, answer_logprobs)` -> a larger model to retry
@@ -79,7 +79,6 @@ class Router:
         default_min_quality: float = 0.95,
         cascade: bool = True,
         escalate_below: float | None = None,
-        min_quality_by_key: dict[str, float] | None = None,
         prices: dict[str, Price] | None = None,
         hopeless_below: float = 0.5,
     ) -> None:
@@ -91,7 +90,6 @@ class Router:
         self.default_min_quality = default_min_quality
         self.cascade = cascade
         self.escalate_below = escalate_below
-        self.min_quality_by_key = dict(min_quality_by_key or {})
         self.prices = dict(prices or {})
         self.hopeless_below = hopeless_below
 
@@ -139,7 +137,6 @@ class Router:
             default_min_quality=settings.min_quality,
             cascade=settings.cascade,
             escalate_below=settings.escalate_below,
-            min_quality_by_key=settings.min_quality_by_key,
             prices=prices,
             hopeless_below=settings.hopeless_below,
         )
@@ -147,12 +144,6 @@ class Router:
     # --- the hot path ---------------------------------------------------------------
 
     validate_min_quality = staticmethod(validate_min_quality)
-
-    def min_quality_for(self, api_key: str | None) -> float:
-        """The target for a request that sets none: the key's, else the YAML default."""
-        if api_key is not None and api_key in self.min_quality_by_key:
-            return self.min_quality_by_key[api_key]
-        return self.default_min_quality
 
     def choose(
         self, messages: list[dict[str, str]], min_quality: float | None
