@@ -419,3 +419,19 @@ def test_notes_render(helm: Path, case: str) -> None:
     notes = result.stdout.split("NOTES:", 1)[1]
     expected = "https://llm.example.com/v1" if values else "port-forward svc/frugal 8000:8000"
     assert expected in notes
+
+
+def test_rate_limit_storage_wiring(manifests: list[dict[str, Any]],
+                                   request: pytest.FixtureRequest) -> None:
+    """all-optional: the limiter's Redis URL from a Secret reaches every Ray container
+    as FRUGAL_RATE_LIMIT_STORAGE (what TenantsConfig.rate_limit_uri reads); default:
+    absent, so `frugal.tenants.rate_limit_storage` applies."""
+    case = request.node.callspec.params["manifests"]
+    rayservice = one(manifests, "RayService")
+    for container in ray_containers(rayservice):
+        env = {item["name"]: item for item in container["env"]}
+        if case == "all-optional":
+            assert env["FRUGAL_RATE_LIMIT_STORAGE"]["valueFrom"] == {
+                "secretKeyRef": {"name": "frugal-redis", "key": "url"}}
+        else:
+            assert "FRUGAL_RATE_LIMIT_STORAGE" not in env

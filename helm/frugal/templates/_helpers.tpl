@@ -105,7 +105,8 @@ initContainers:
 
 {{/*
 Environment of every Ray container. The store (serving.config.StoreConfig) reads
-FRUGAL_STATE_DIR and FRUGAL_STORE_URL; Ray's worker processes inherit them.
+FRUGAL_STATE_DIR and FRUGAL_STORE_URL, the tenants' limiter FRUGAL_RATE_LIMIT_STORAGE;
+Ray's worker processes inherit them.
 */}}
 {{- define "frugal.env" -}}
 - name: PROMETHEUS_MULTIPROC_DIR
@@ -115,6 +116,15 @@ FRUGAL_STATE_DIR and FRUGAL_STORE_URL; Ray's worker processes inherit them.
 {{- with .Values.store.databaseUrlSecret }}
 {{- if .name }}
 - name: FRUGAL_STORE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name | quote }}
+      key: {{ .key | default "url" | quote }}
+{{- end }}
+{{- end }}
+{{- with .Values.rateLimit.storageUrlSecret }}
+{{- if .name }}
+- name: FRUGAL_RATE_LIMIT_STORAGE
   valueFrom:
     secretKeyRef:
       name: {{ .name | quote }}
