@@ -111,29 +111,15 @@ def _wait_ready(base_url: str, models: list[str], timeout_s: float,
             time.sleep(1)
 
 
-def _wait_engines(base_url: str, models: list[str], timeout_s: float) -> None:
+def _wait_engines(base_url: str, timeout_s: float) -> None:
     """Without a YAML key the HTTP probe would get 401s (tenants keep their keys in the
-    store, hashed): wait through the gateway's handle until every engine answers its
-    `info()`, then until the HTTP proxy serves `/health`."""
+    store, hashed). `serve.run` returned once every replica was constructed, and a model
+    replica's constructor starts its engine: what is left is the HTTP proxy."""
     import httpx
-    from ray import serve
 
     deadline = time.monotonic() + timeout_s
-    with console.status("waiting for the engines to start...") as status:
-        for model in models:
-            status.update(f"waiting for {model} to start...")
-            while True:
-                try:
-                    serve.get_app_handle("frugal").engine_info.remote(model).result(
-                        timeout_s=30)
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(
-                            f"{model} did not start within {timeout_s:.0f}s") from None
-                    time.sleep(1)
-        status.update("waiting for the HTTP proxy...")
-        health = base_url.removesuffix("/v1") + "/health"
+    health = base_url.removesuffix("/v1") + "/health"
+    with console.status("waiting for the HTTP proxy..."):
         while True:
             try:
                 if httpx.get(health, timeout=10).status_code == 200:
@@ -232,7 +218,7 @@ def serve(
     try:
         keys = config.gateway.api_keys
         if config.tenants.enabled and not keys:  # store keys only: none to probe with
-            _wait_engines(base_url, models, ready_timeout)
+            _wait_engines(base_url, ready_timeout)
         else:
             _wait_ready(base_url, models, ready_timeout, keys[0] if keys else None)
     except TimeoutError as exc:

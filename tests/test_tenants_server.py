@@ -2,8 +2,9 @@
 model lists, through the unmodified `openai` SDK, with two gateway replicas that share
 one SQLite store and one real Redis (tests/redis_server.py) for the limiter.
 
-Keys are made in the store before the server starts (what `frugal keys create` does),
-plus one YAML key (`gateway.api_keys`, hashed at load) to show that path still works.
+Keys are made in the store before the server starts (what `frugal keys create` does).
+There is no YAML key, so `frugal serve` waits for its engines without an HTTP probe;
+YAML keys beside store keys are tested in tests/test_router_server.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from tests.conftest import REPO, started_server, zoo_model_path
 
 pytestmark = pytest.mark.server
 
-YAML_KEY = "frg-yaml-key-for-tests-0123456789"
 PRICE = {"input_per_million": 100.0, "output_per_million": 400.0}  # budgets in cents
 BUDGET_USD = 0.05
 
@@ -43,8 +43,7 @@ def _config(db_url: str, redis_url: str, model_path: Path) -> dict:
     engine = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 1024}
     return {
         "ray": {"num_cpus": 8},
-        "gateway": {"deployment_config": {"num_replicas": 2, "max_ongoing_requests": 256},
-                    "api_keys": [YAML_KEY]},
+        "gateway": {"deployment_config": {"num_replicas": 2, "max_ongoing_requests": 256}},
         "store": {"url": db_url},
         "tenants": {"enabled": True, "rate_limit_storage": redis_url, "key_cache_s": 1.0},
         "models": [{
@@ -117,9 +116,7 @@ def test_missing_bad_and_revoked_keys_get_401(tenant_server) -> None:
             assert reply.json()["error"]["type"] == "AuthenticationError"
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         _client(url, keys.plain["revoked"]).models.list()
-    # the store key and the YAML key both answer
-    for key in (keys.plain["plain"], YAML_KEY):
-        assert _ask(url, key).status_code == 200
+    assert _ask(url, keys.plain["plain"]).status_code == 200
 
 
 def test_a_model_outside_the_list_is_404_and_unlisted(tenant_server) -> None:
@@ -321,7 +318,5 @@ def test_no_key_is_ever_written_in_plaintext(tenant_server) -> None:
     assert any(p.name.startswith("frugal.db") for p in files)
     for path in files:
         data = path.read_bytes()
-        for name, plain in [*keys.plain.items(), ("yaml", YAML_KEY)]:
-            if name == "yaml" and path.suffix == ".yaml":
-                continue  # the YAML the test wrote holds the YAML key, as an operator's does
+        for name, plain in keys.plain.items():
             assert plain.encode() not in data, f"key {name} in plaintext in {path}"
