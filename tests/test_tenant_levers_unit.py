@@ -103,6 +103,7 @@ def test_a_failed_call_releases_its_reservation(store) -> None:
         _run(pipeline, plain)
     spend = store.spend(store.get(record.id))
     assert spend.reserved_usd == 0 and spend.spent_usd == 0
+    assert store.usage() == []  # nothing billed, no ledger row
 
 
 def test_batch_lines_run_under_their_owners_key(store) -> None:

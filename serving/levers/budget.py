@@ -9,7 +9,9 @@ priced bill (`ctx.cost`, the number the client got in `usage.cost`).
   price is added. A key whose period's spend plus reservations has reached its budget
   gets 429 `insufficient_quota`.
 - `on_usage`: exactly once, the reservation is settled with the real cost into the
-  ledger (cost, savings, tokens), also for failed and abandoned requests.
+  ledger (cost, savings, tokens); a request that ended without usage (failed,
+  preempted batch line, abandoned before its usage chunk) is billed nothing, as in
+  `usage.cost`, and its reservation is released without a ledger row.
 
 The reservation, not a read of the spend, is what keeps 16 concurrent requests from
 all passing a nearly spent budget: each one in flight is counted before it answers.
@@ -92,6 +94,10 @@ class BudgetLever(Lever):
         ctx.reservation = None
         calls = [call.usage for call in ctx.calls if call.usage is not None]
         cost = ctx.cost
+        if cost is None and not calls:  # refused, failed or preempted before any usage:
+            # nothing billed (as in accounting), so no ledger row; give the budget back
+            await asyncio.to_thread(self.store.release, reservation)
+            return
         await asyncio.to_thread(
             self.store.settle,
             reservation,

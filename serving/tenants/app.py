@@ -51,6 +51,12 @@ class Tenants:
 def build_tenants(config: FrugalConfig) -> Tenants:
     """What the YAML asks for: YAML keys always; the store and limiter with tenants on."""
     settings = config.tenants
+    replicas = config.gateway.deployment_config.num_replicas
+    if settings.enabled and settings.rate_limit_uri().startswith("memory") and (
+            replicas is None or replicas > 1):
+        logger.warning("tenants.rate_limit_storage is memory://: each of the gateway's "
+                       "replicas counts rpm/tpm on its own; point it at Redis or Valkey "
+                       "(docs/tenants.md)")
     store = None
     if settings.enabled:
         store = KeyStore(session_factory(open_engine(config.store.database_url())))
