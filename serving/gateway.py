@@ -41,7 +41,10 @@ from serving.pipeline.context import Endpoint, RequestContext
 from serving.pipeline.engine_call import ModelCaller
 from serving.pipeline.parse import parse_request, read_json
 from serving.pipeline.pipeline import Answer, Pipeline, StreamAnswer
+from serving.responses.service import ResponsesService
+from serving.responses.store import ResponseStore
 from serving.router.runtime import Router
+from serving.store.db import open_engine, session_factory
 from serving.tenants.app import build_tenants
 
 if TYPE_CHECKING:
@@ -116,6 +119,10 @@ class Gateway:
         self.pipeline = Pipeline(
             config, build_chain(config, self.router, self.tenants), self.caller)
         logger.info("lever chain: %s", " -> ".join(self.pipeline.chain.names))
+        # The Responses API; its stored responses share the store with batches and keys.
+        self.responses = ResponsesService(
+            ResponseStore(session_factory(open_engine(config.store.database_url()))),
+            self.pipeline)
         # Lever 4: the Files and Batches API and this replica's batch runner.
         self.batches: Batches | None = (
             start_batches(config, self.pipeline) if config.batch.enabled else None
@@ -184,13 +191,16 @@ class Gateway:
     async def completions(self, raw: Request) -> Response:
         return await self._generate(raw, Endpoint.COMPLETION)
 
-    async def _generate(self, raw: Request, endpoint: Endpoint) -> Response:
+    async def _generate(self, raw: Request, endpoint: Endpoint,
+                        responses: bool = False) -> Response:
         ctx = self._context(raw, endpoint)
         if self.replica is not None:
             ctx.response_headers["x-frugal-replica"] = self.replica
         try:
             await self.pipeline.admit(ctx)
             body = read_json(await raw.body(), self.max_request_bytes)
+            if responses:  # the Responses API translates, then runs the same chain
+                return render(await self.responses.create(ctx, body))
             ctx.request, ctx.extras, ctx.options = parse_request(
                 body, endpoint, self.pipeline.chain.extra_fields
             )
@@ -199,6 +209,24 @@ class Gateway:
             if self.replica is not None:
                 exc.headers.setdefault("x-frugal-replica", self.replica)
             raise
+
+    # --- the Responses API (serving/responses): the chat chain behind a translation ----
+
+    @app.post("/v1/responses")
+    async def create_response(self, raw: Request) -> Response:
+        return await self._generate(raw, Endpoint.CHAT, responses=True)
+
+    @app.get("/v1/responses/{response_id}")
+    async def retrieve_response(self, response_id: str, raw: Request) -> dict[str, Any]:
+        return await self.responses.retrieve(await self._owner(raw), response_id)
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(self, response_id: str, raw: Request) -> dict[str, Any]:
+        return await self.responses.delete(await self._owner(raw), response_id)
+
+    @app.post("/v1/responses/{response_id}/cancel")
+    async def cancel_response(self, response_id: str, raw: Request) -> dict[str, Any]:
+        return await self.responses.cancel(await self._owner(raw), response_id)
 
     # --- files and batches (lever 4, serving/batch): admit, then the service ------------
 

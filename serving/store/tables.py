@@ -156,3 +156,19 @@ class KeyLedgerRow(Base):
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     saved_usd: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+# --- stored responses (serving/responses): shared by every gateway replica -----------
+
+
+class ResponseRow(Base):
+    """A `/v1/responses` answer with `store: true`: what `GET` returns, and the
+    conversation so far (chat messages) that a `previous_response_id` continues."""
+
+    __tablename__ = "responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)  # key label of the caller
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    body: Mapped[str] = mapped_column(Text)  # the response object, as JSON
+    history: Mapped[str] = mapped_column(Text)  # input and output as chat messages, JSON

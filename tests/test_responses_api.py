@@ -1,0 +1,130 @@
+"""The Responses API on the real session server, through the unmodified `openai` SDK and
+the OpenAI Agents SDK: create, retrieve, delete, stream events, a conversation by
+`previous_response_id`, structured output, reasoning, and the 4xx it promises."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.server
+MODEL = "zoo-s"
+
+
+def test_create_retrieve_delete(client: openai.OpenAI) -> None:
+    raw = client.responses.with_raw_response.create(
+        model=MODEL, input="What is 2 + 3?", instructions="Answer briefly.",
+        max_output_tokens=16, temperature=0.0, metadata={"team": "tests"})
+    response = raw.parse()
+    assert response.id.startswith("resp_") and response.status in ("completed", "incomplete")
+    assert response.output_text.strip()
+    assert response.metadata == {"team": "tests"}
+    assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
+    assert response.usage.model_extra["cost"]["total_usd"] > 0  # frugal's account
+    assert float(raw.headers["x-frugal-cost-usd"]) > 0
+    again = client.responses.retrieve(response.id)
+    assert again.id == response.id and again.output_text == response.output_text
+    assert client.responses.delete(response.id) is None
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+
+
+def test_a_conversation_continues_by_previous_response_id(client: openai.OpenAI) -> None:
+    first = client.responses.with_raw_response.create(
+        model=MODEL, input="What is 2 + 3?", max_output_tokens=8, temperature=0.0)
+    second = client.responses.with_raw_response.create(
+        model=MODEL, input="And 4 + 4?", max_output_tokens=8, temperature=0.0,
+        previous_response_id=first.parse().id)
+    one, two = first.parse(), second.parse()
+    assert two.previous_response_id == one.id
+    # the second turn's prompt holds the first question and answer
+    assert two.usage.input_tokens > one.usage.input_tokens + 5
+    print("replicas:", first.headers.get("x-frugal-replica"),
+          second.headers.get("x-frugal-replica"))
+
+
+def test_streaming_events(client: openai.OpenAI) -> None:
+    events = list(client.responses.create(model=MODEL, input="What is 2 + 3?",
+                                          max_output_tokens=16, stream=True))
+    kinds = [event.type for event in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert "response.output_text.delta" in kinds
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+    final = events[-1].response
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert final.output_text == text and final.usage.output_tokens > 0
+    assert [e.sequence_number for e in events] == list(range(1, len(events) + 1))
+    assert client.responses.retrieve(final.id).output_text == text  # stored
+
+
+def test_structured_output(client: openai.OpenAI) -> None:
+    schema = {"type": "object",
+              "properties": {"answer": {"type": "string", "pattern": "^[0-9]{1,6}$"}},
+              "required": ["answer"], "additionalProperties": False}
+    response = client.responses.create(
+        model=MODEL, input="What is 2 + 3?", max_output_tokens=40,
+        text={"format": {"type": "json_schema", "name": "answer", "schema": schema,
+                         "strict": True}})
+    assert set(json.loads(response.output_text)) == {"answer"}
+
+
+def test_reasoning_effort_reaches_the_thinking_budget(client: openai.OpenAI) -> None:
+    from serving.zoo.tasks import generate_items
+
+    item = generate_items("reverse", 4, 1, seed=1_000_000_123)[0]
+    response = client.responses.create(
+        model=MODEL, input=item.messages[-1]["content"], max_output_tokens=300,
+        temperature=0.0, reasoning={"effort": "high"})
+    assert 0 < response.usage.output_tokens_details.reasoning_tokens <= 256 + 2
+    assert [item.type for item in response.output][0] == "reasoning"
+
+
+def test_bad_input_is_4xx(client: openai.OpenAI, server) -> None:
+    with pytest.raises(openai.NotFoundError, match="Previous response"):
+        client.responses.create(model=MODEL, input="hi", previous_response_id="resp_nope")
+    url = f"{server.base_url}/responses"
+    for body, param in (
+        ({"model": MODEL, "input": [{"type": "computer_call_output", "call_id": "x"}]},
+         "input[0].type"),
+        ({"input": "hi"}, "model"),
+        ({"model": MODEL}, "input"),
+        ({"model": MODEL, "input": "hi", "background": True}, "background"),
+    ):
+        reply = httpx.post(url, json=body, timeout=60)
+        assert reply.status_code == 400, (body, reply.text)
+        assert reply.json()["error"]["param"] == param
+    assert httpx.post(url, content=b"{not json", timeout=60).status_code == 400
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete("resp_nope")
+    done = client.responses.create(model=MODEL, input="hi", max_output_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="background"):
+        client.responses.cancel(done.id)
+
+
+def test_the_agents_sdk_runs_against_frugal(server) -> None:
+    """The OpenAI Agents SDK's default model speaks the Responses API: an agent runs
+    through frugal end to end. zoo-s is served without a tool-call parser (it never
+    learned to call tools), so the same agent with a function tool gets vLLM's clear
+    400 through frugal, not a 404 or a 500: the request shape the SDK sends is
+    accepted and passed on. A model served with `tool_call_parser` runs it."""
+    from agents import Agent, OpenAIResponsesModel, RunConfig, Runner, function_tool
+    from openai import AsyncOpenAI
+
+    @function_tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    model = OpenAIResponsesModel(model=MODEL, openai_client=AsyncOpenAI(
+        base_url=server.base_url, api_key="unused", max_retries=0, timeout=120))
+    config = RunConfig(tracing_disabled=True)
+    plain = Agent(name="plain", instructions="Answer briefly.", model=model)
+    result = Runner.run_sync(plain, "What is 2 + 3?", max_turns=1, run_config=config)
+    assert isinstance(result.final_output, str) and result.final_output
+    assert result.raw_responses[0].usage.output_tokens > 0
+    with_tool = Agent(name="adder", instructions="Answer briefly.", tools=[add], model=model)
+    with pytest.raises(openai.BadRequestError, match="tool"):
+        Runner.run_sync(with_tool, "What is 2 + 3?", max_turns=2, run_config=config)
