@@ -125,7 +125,8 @@ class Gateway:
             self.pipeline)
         # Lever 4: the Files and Batches API and this replica's batch runner.
         self.batches: Batches | None = (
-            start_batches(config, self.pipeline) if config.batch.enabled else None
+            start_batches(config, self.pipeline, self.responses)
+            if config.batch.enabled else None
         )
 
     async def check_health(self) -> None:

@@ -128,3 +128,28 @@ def test_the_agents_sdk_runs_against_frugal(server) -> None:
     with_tool = Agent(name="adder", instructions="Answer briefly.", tools=[add], model=model)
     with pytest.raises(openai.BadRequestError, match="tool"):
         Runner.run_sync(with_tool, "What is 2 + 3?", max_turns=2, run_config=config)
+
+
+def test_batch_lines_on_v1_responses(client: openai.OpenAI) -> None:
+    import io
+    import time
+
+    rows = "\n".join(json.dumps({
+        "custom_id": f"r-{i}", "method": "POST", "url": "/v1/responses",
+        "body": {"model": MODEL, "input": f"What is {i} + 2?", "max_output_tokens": 8}})
+        for i in range(3))
+    uploaded = client.files.create(file=("in.jsonl", io.BytesIO(rows.encode())),
+                                   purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/responses",
+                                  completion_window="24h")
+    deadline = time.monotonic() + 300
+    while (done := client.batches.retrieve(batch.id)).status not in (
+            "completed", "failed", "cancelled", "expired"):
+        assert time.monotonic() < deadline, done
+        time.sleep(0.5)
+    assert done.status == "completed" and done.request_counts.completed == 3, done
+    out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    for line in out:
+        body = line["response"]["body"]
+        assert body["object"] == "response" and body["output"][-1]["type"] == "message"
+        assert body["usage"]["cost"]["saved_by_lever"]["batch"] > 0  # the batch discount

@@ -10,6 +10,7 @@ from serving.batch.service import BatchService
 from serving.batch.store import BatchStore
 from serving.config import FrugalConfig
 from serving.pipeline.pipeline import Pipeline
+from serving.responses.service import ResponsesService
 from serving.store.blobs import LocalBlobStore
 from serving.store.db import open_engine, session_factory
 
@@ -20,7 +21,8 @@ class Batches:
     runner: BatchRunner
 
 
-def start_batches(config: FrugalConfig, pipeline: Pipeline) -> Batches:
+def start_batches(config: FrugalConfig, pipeline: Pipeline,
+                  responses: ResponsesService | None = None) -> Batches:
     """Open the store and start this replica's runner (call inside the replica's loop).
 
     The runner reads the interactive load the batch lever counts on this replica's
@@ -30,5 +32,6 @@ def start_batches(config: FrugalConfig, pipeline: Pipeline) -> Batches:
     lever = pipeline.chain.lever("batch")
     load = getattr(lever, "load", None) or InteractiveLoad()
     runner = BatchRunner(store, pipeline, config.batch, BatchAdmission(config.batch, load))
+    runner.responses = responses  # `/v1/responses` lines
     runner.start()
     return Batches(BatchService(store, config.batch), runner)

@@ -11,7 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Line endpoints a batch can target, and the pipeline endpoint each runs on.
-BATCH_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+BATCH_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion",
+                   "/v1/responses": "chat"}  # translated into chat (serving/responses)
 FILE_PURPOSES = ("batch", "batch_output")
 
 

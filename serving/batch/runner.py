@@ -20,7 +20,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -33,6 +33,9 @@ from serving.pipeline.context import Endpoint, Priority, RequestContext
 from serving.pipeline.parse import parse_request
 from serving.pipeline.pipeline import Pipeline
 from serving.store.tables import BatchLineRow, BatchRow
+
+if TYPE_CHECKING:
+    from serving.responses.service import ResponsesService
 
 logger = logging.getLogger("frugal.batch")
 
@@ -50,6 +53,8 @@ class BatchRunner:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"[:64]
         self.jobs: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Runs `/v1/responses` lines (set by serving.batch.app); None: they fail 400.
+        self.responses: ResponsesService | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -241,7 +246,8 @@ class _LineJob:
         try:
             # Await first: `self.done.append(await ...)` would bind the list before the
             # await, and a flush that swaps the list meanwhile would drop the result.
-            result = await run_line(self.runner.pipeline, self.batch, self.endpoint, row)
+            result = await run_line(self.runner.pipeline, self.batch, self.endpoint, row,
+                                    self.runner.responses)
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # Cancelled while the engine call finished anyway: vLLM turns a cancelled
@@ -284,17 +290,24 @@ class _LineJob:
 
 
 async def run_line(pipeline: Pipeline, batch: BatchRow, endpoint: Endpoint,
-                   row: BatchLineRow) -> LineResult:
-    """One line through the same pipeline as an online request, at batch priority."""
+                   row: BatchLineRow, responses: ResponsesService | None = None) -> LineResult:
+    """One line through the same pipeline as an online request, at batch priority
+    (a `/v1/responses` line through the Responses translation, then that pipeline)."""
     ctx = RequestContext(endpoint=endpoint, priority=Priority.BATCH, key_label=batch.owner)
     request_id = f"req_{uuid.uuid4().hex[:24]}"
     try:
         body = json.loads(row.request or "{}")
         if body.get("stream"):
             raise APIError(400, "stream is not supported in a batch line", param="stream")
-        ctx.request, ctx.extras, ctx.options = parse_request(
-            body, endpoint, pipeline.chain.extra_fields)
-        answer = await pipeline.run(ctx)
+        if batch.endpoint == "/v1/responses":
+            if responses is None:
+                raise APIError(400, "/v1/responses lines need the Responses API",
+                               param="url")
+            answer = await responses.create(ctx, body)
+        else:
+            ctx.request, ctx.extras, ctx.options = parse_request(
+                body, endpoint, pipeline.chain.extra_fields)
+            answer = await pipeline.run(ctx)
         status, out = answer.status, answer.body  # type: ignore[union-attr]
     except APIError as exc:
         status, out = exc.status, error_body(exc.status, exc.message, exc.param, exc.code, exc.type)
