@@ -12,6 +12,7 @@ skip, since the shared-limiter path must be exercised.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -73,6 +74,7 @@ class RedisServer:
             [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        atexit.register(self.stop)  # a session that ends without the fixture's teardown
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _answers(self.port):
             if self.process.poll() is not None:
@@ -84,6 +86,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
+        """Idempotent: the fixture's teardown and atexit may both call it."""
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)

@@ -120,3 +120,21 @@ def test_a_redis_that_is_down_is_unavailable_not_unlimited() -> None:
         asyncio.run(go())
     finally:
         server.stop()
+
+
+def test_tokens_settled_at_once_by_two_limiters_are_both_counted(redis_url: str) -> None:
+    """Two replicas recording 80 tokens each on a 100 tpm key at the same moment: the
+    window ends full (one hit is refused whole and retried with the room left), on
+    every one of several fresh keys."""
+    async def go():
+        limits = RateLimits(tpm=100)
+        first, second = RateLimiter(redis_url), RateLimiter(redis_url)
+        left = []
+        for _ in range(5):
+            key = _key()
+            await asyncio.gather(first.add_tokens(key, limits, 80),
+                                 second.add_tokens(key, limits, 80))
+            left.append((await first.admit(key, limits)).tokens.remaining)
+        return left
+
+    assert asyncio.run(go()) == [0] * 5

@@ -23,6 +23,8 @@ from pydantic import BaseModel
 
 #: Seconds to wait for the limiter's storage before calling it unavailable.
 STORAGE_TIMEOUT_S = 1.0
+#: Tries to record an answer's tokens when other replicas race for the same window.
+TOKEN_RETRIES = 8
 
 
 class LimiterUnavailable(RuntimeError):
@@ -135,8 +137,12 @@ class RateLimiter:
             return
         item = self._item(limits.tpm, "tpm")
         try:
-            room = (await self.strategy.get_window_stats(item, key_id)).remaining
-            if room > 0:
-                await self.strategy.hit(item, key_id, cost=min(tokens, room))
+            # Another replica may fill the window between the read and the hit, and
+            # then the hit is refused whole: read the room again and retry, so that
+            # two answers settling at once are both counted (up to the window's size).
+            for _ in range(TOKEN_RETRIES):
+                room = (await self.strategy.get_window_stats(item, key_id)).remaining
+                if room <= 0 or await self.strategy.hit(item, key_id, cost=min(tokens, room)):
+                    return
         except (StorageError, OSError) as exc:
             raise LimiterUnavailable(f"rate limit storage: {exc}") from exc
