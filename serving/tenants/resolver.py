@@ -55,14 +55,7 @@ class KeyResolver:
             return self.static[digest]
         if self.store is None:
             return None
-        now = time.monotonic()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            self._cache.move_to_end(digest)
-            return hit[1]
-        record = await asyncio.to_thread(self.store.find, token)
-        self._remember(digest, now + self.cache_s, record)
-        return record
+        return await self._cached(digest, self.store.find, token)
 
     async def by_id(self, key_id: str) -> KeyRecord | None:
         """The record of a key id (batch lines run under their owner's key)."""
@@ -71,11 +64,16 @@ class KeyResolver:
                 return record
         if self.store is None:
             return None
-        slot, now = "id:" + key_id, time.monotonic()
+        return await self._cached("id:" + key_id, self.store.get, key_id)
+
+    async def _cached(self, slot: str, load, arg: str) -> KeyRecord | None:  # noqa: ANN001
+        """`load(arg)` from the store (in a thread), trusted for `cache_s`."""
+        now = time.monotonic()
         hit = self._cache.get(slot)
         if hit is not None and hit[0] > now:
+            self._cache.move_to_end(slot)
             return hit[1]
-        record = await asyncio.to_thread(self.store.get, key_id)
+        record = await asyncio.to_thread(load, arg)
         self._remember(slot, now + self.cache_s, record)
         return record
 
