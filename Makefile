@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 # The zoo ships in zoo/; `frugal zoo build` verifies it and trains only what is missing.
 # ZOO lists the models deployments/local.yaml serves.
-ZOO ?= zoo-s zoo-m zoo-l
+ZOO ?= zoo-s zoo-m zoo-l zoo-chat
 zoo: $(STAMP)
 	$(BIN)/frugal zoo build $(foreach m,$(ZOO),--only $(m))
 
@@ -34,7 +34,7 @@ run: zoo
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The shared test server serves zoo-s; the model="auto" tests serve all three.
+# The shared test server serves zoo-s and zoo-chat; the model="auto" tests serve zoo-s, -m, -l.
 test: lint zoo
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

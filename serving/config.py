@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.compaction.format import DEFAULT_SUMMARY_PROMPT
 from serving.router.config import RouterConfig
 
 #: Engine defaults frugal applies unless the YAML says otherwise. Prefix caching is
@@ -213,6 +214,35 @@ class StructuredCaps(StrictModel):
             update={name: getattr(override, name) for name in override.model_fields_set})
 
 
+class CompactionSettings(StrictModel):
+    """Lever 8 (docs/compaction.md): a chat whose prompt exceeds `budget_tokens` has its
+    older turns replaced by a note; the system prompt and the last turns stay verbatim."""
+
+    enabled: bool = Field(False, description="Compact this model's long chats.")
+    budget_tokens: int = Field(
+        768, ge=1, description="Compact when the chat's prompt is over this many tokens "
+        "(counted with the model's own tokenizer and chat template).")
+    keep_last_turns: int = Field(
+        2, ge=0, le=64, description="Turns (a user message and the replies to it) kept "
+        "verbatim before the new message.")
+    summariser: str | None = Field(
+        None, description="A served model id that writes the note; null uses `fallback`.")
+    summary_prompt: str = Field(
+        DEFAULT_SUMMARY_PROMPT, min_length=1,
+        description="The summariser's system prompt (the demo zoo is trained on the default).")
+    fallback: Literal["facts", "truncate"] = Field(
+        "facts", description="Without a summariser, or when it fails: `facts` keeps the "
+        "older sentences that carry numbers or names as the note; `truncate` drops the "
+        "oldest turns until the chat fits.")
+    summariser_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A summariser call slower than this is abandoned "
+        "and the fallback is used; the request never fails because of compaction.")
+    summariser_max_tokens: int = Field(256, ge=1, description="Longest note it may write.")
+    chunk_tokens: int = Field(
+        512, ge=16, description="Most transcript tokens per summariser call: a longer "
+        "stretch is folded in several calls, each extending the note.")
+
+
 class ModelLevers(StrictModel):
     """frugal's own per-model settings (the only non-Ray keys of a model entry)."""
 
@@ -228,6 +258,7 @@ class ModelLevers(StrictModel):
         description="Bounds added to JSON schemas that leave numbers, strings, arrays or "
         "objects unbounded, so a constrained answer cannot run to max_tokens.",
     )
+    compaction: CompactionSettings = Field(default_factory=CompactionSettings)
     stream_flush_ms: float = Field(
         50.0,
         ge=0,
@@ -468,6 +499,11 @@ class FrugalConfig(StrictModel):
             seen.add(model.model_id)
         if self.cost.baseline_model is not None and self.cost.baseline_model not in seen:
             raise ValueError(f"cost.baseline_model {self.cost.baseline_model!r} is not a model")
+        for model in self.models:
+            summariser = model.frugal.compaction.summariser
+            if summariser is not None and summariser not in seen:
+                raise ValueError(f"{model.model_id}: frugal.compaction.summariser "
+                                 f"{summariser!r} is not a model")
         colocated = self.gateway.colocated_model
         if colocated is not None and colocated not in seen:
             raise ValueError(f"gateway.colocated_model {colocated!r} is not a model")

@@ -55,6 +55,8 @@ class Cost(BaseModel):
     baseline_usd: float
     saved_usd: float
     saved_by_lever: dict[str, float]
+    #: What the summariser calls of context compaction cost (lever 8); in `total_usd`.
+    compaction_usd: float = 0.0
 
 
 class CostModel:
@@ -98,6 +100,7 @@ class CostModel:
             "routing": baseline - list_cost,
             "cache": cache_saved,
             "batch": list_cost - cache_saved - total if batch else 0.0,
+            "compaction": 0.0,
         }
         return Cost(
             model=model,
@@ -111,6 +114,26 @@ class CostModel:
             saved_usd=baseline - total,
             saved_by_lever=levers,
         )
+
+
+    def with_compaction(self, cost: Cost, removed_tokens: int, summariser: list[Cost]) -> Cost:
+        """The bill of a compacted request: its answer's cost plus the summariser's, and
+        a baseline that sends the whole history. `saved_by_lever.compaction` is the
+        removed tokens at this model's input price minus the summariser's cost (negative
+        when summarising cost more than it removed); routing keeps the rest of the gap."""
+        price, base = self.prices[cost.model], self.prices[cost.baseline_model]
+        summary_usd = sum(c.total_usd for c in summariser)
+        baseline = cost.baseline_usd + removed_tokens * base.input_per_million * PER_MILLION
+        total = cost.total_usd + summary_usd
+        levers = dict(cost.saved_by_lever)
+        levers["compaction"] = (
+            removed_tokens * price.input_per_million * PER_MILLION - summary_usd)
+        saved = baseline - total
+        levers["routing"] = saved - sum(v for k, v in levers.items() if k != "routing")
+        return cost.model_copy(update={
+            "baseline_usd": baseline, "total_usd": total, "saved_usd": saved,
+            "saved_by_lever": levers, "compaction_usd": summary_usd,
+        })
 
 
 def combine_costs(costs: list[Cost]) -> Cost:
@@ -130,6 +153,7 @@ def combine_costs(costs: list[Cost]) -> Cost:
     levers["routing"] += saved - sum(levers.values())
     return Cost(
         model=last.model,
+        compaction_usd=sum(cost.compaction_usd for cost in costs),
         baseline_model=last.baseline_model,
         baseline_usd=last.baseline_usd,
         saved_usd=saved,

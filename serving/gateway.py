@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving import metrics
 from serving.batch.app import Batches, start_batches
 from serving.batch.service import BatchService
+from serving.compaction.notes import NoteCache
 from serving.config import FrugalConfig
 from serving.errors import APIError, error_response
 from serving.levers import build_chain
@@ -116,13 +117,13 @@ class Gateway:
             self.replica = None
         self.tenants = build_tenants(config)
         self.tenants.start()
+        store = session_factory(open_engine(config.store.database_url()))
+        notes = NoteCache(store)  # compaction notes, shared by the replicas
         self.pipeline = Pipeline(
-            config, build_chain(config, self.router, self.tenants), self.caller)
+            config, build_chain(config, self.router, self.tenants, notes), self.caller)
         logger.info("lever chain: %s", " -> ".join(self.pipeline.chain.names))
         # The Responses API; its stored responses share the store with batches and keys.
-        self.responses = ResponsesService(
-            ResponseStore(session_factory(open_engine(config.store.database_url()))),
-            self.pipeline)
+        self.responses = ResponsesService(ResponseStore(store), self.pipeline)
         # Lever 4: the Files and Batches API and this replica's batch runner.
         self.batches: Batches | None = (
             start_batches(config, self.pipeline, self.responses)

@@ -96,6 +96,22 @@ def record_tokens(model: str, usage: TokenUsage) -> None:
     CACHED_PROMPT_TOKENS.labels(model).inc(usage.cached_tokens)
 
 
+COMPACTIONS = Counter(
+    "frugal_compactions",
+    "Chats compacted (lever 8), by model and method: summary (the summariser wrote or "
+    "extended the note), cached (a cached note was reused), facts or truncate (fallbacks).",
+    ["model", "method"],
+)
+COMPACTION_TOKENS_REMOVED = Counter(
+    "frugal_compaction_tokens_removed",
+    "Prompt tokens compaction removed from chats before they reached the model.",
+    ["model"],
+)
+COMPACTION_FALLBACKS = Counter(
+    "frugal_compaction_fallbacks",
+    "Compactions that used the fallback because the summariser failed, by reason.",
+    ["model", "reason"],
+)
 REASONING_TOKENS = Counter(
     "frugal_reasoning_tokens", "Completion tokens spent thinking (lever 2).", ["model"]
 )

@@ -5,7 +5,10 @@ shares this one. It serves the demo zoo's smallest model twice over:
 - `zoo-s` with two replicas (metrics must add up across replicas),
 - `zoo-s-tight`, the same weights with a one-request queue, for overload and engine
   failure tests (they break it on purpose; nothing else sends it requests, and
-  tests/test_faults.py waits for it to come back, so their order does not matter).
+  tests/test_faults.py waits for it to come back, so their order does not matter);
+- `zoo-chat`, the zoo's chat model, compacting its long chats with itself as the
+  summariser (lever 8). zoo-s asks zoo-s-tight with a timeout no call can meet, so a
+  request that turns compaction on there exercises the fallback.
 
 `postgres_url` is a real PostgreSQL server for the session (tests/postgres.py), for the
 store tests that run on both SQLite and PostgreSQL; `redis_url` a real Redis
@@ -42,7 +45,11 @@ def zoo_model_path(name: str) -> Path:
     return path
 
 
-def server_config(model_path: Path) -> dict:
+#: The session server's compaction budget on zoo-chat (tests/test_compaction_server.py).
+CHAT_BUDGET_TOKENS = 256
+
+
+def server_config(model_path: Path, chat_path: Path | None = None) -> dict:
     """The session server's deployments YAML (`frugal_server` fills in http_options)."""
     engine = {"dtype": "bfloat16", "enforce_eager": True}
     env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}
@@ -66,6 +73,8 @@ def server_config(model_path: Path) -> dict:
                 "frugal": {
                     "price": {"input_per_million": 0.1, "output_per_million": 0.4},
                     "reasoning": {"low": 16, "medium": 64, "high": 256},
+                    "compaction": {"summariser": "zoo-s-tight",
+                                   "summariser_timeout_s": 0.001},
                 },
             },
             {
@@ -84,6 +93,20 @@ def server_config(model_path: Path) -> dict:
                 },
                 "runtime_env": env,
                 "frugal": {"price": {"input_per_million": 1.0, "output_per_million": 4.0}},
+            },
+            {
+                "model_loading_config": {
+                    "model_id": "zoo-chat",
+                    "model_source": str(chat_path or zoo_model_path("zoo-chat")),
+                },
+                "engine_kwargs": engine,
+                "deployment_config": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
+                "runtime_env": env,
+                "frugal": {
+                    "price": {"input_per_million": 0.1, "output_per_million": 0.4},
+                    "compaction": {"enabled": True, "budget_tokens": CHAT_BUDGET_TOKENS,
+                                   "summariser": "zoo-chat"},
+                },
             },
         ],
     }

@@ -16,7 +16,7 @@ MESSAGES = [{"role": "user", "content": "What is 2 + 3?"}]
 
 def test_models_are_listed(client: openai.OpenAI) -> None:
     ids = [model.id for model in client.models.list()]
-    assert ids == ["zoo-s", "zoo-s-tight"]
+    assert ids == ["zoo-s", "zoo-s-tight", "zoo-chat"]
 
 
 def test_health(server) -> None:

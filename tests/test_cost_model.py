@@ -33,7 +33,8 @@ def test_cost_of_a_cached_response_on_a_small_model() -> None:
     assert cost.total_usd == pytest.approx(1.64)
     assert cost.baseline_model == "large"
     assert cost.baseline_usd == pytest.approx(20.0)
-    assert cost.saved_by_lever == pytest.approx({"routing": 18.0, "cache": 0.36, "batch": 0.0})
+    assert cost.saved_by_lever == pytest.approx({"routing": 18.0, "cache": 0.36, "batch": 0.0,
+                                                "compaction": 0.0})
     assert sum(cost.saved_by_lever.values()) == pytest.approx(cost.saved_usd)
 
 
@@ -42,7 +43,8 @@ def test_batch_discount_is_its_own_lever() -> None:
     cost = model.cost("large", TokenUsage(prompt_tokens=1_000_000, completion_tokens=0),
                       batch=True)
     assert cost.total_usd == pytest.approx(5.0)
-    assert cost.saved_by_lever == pytest.approx({"routing": 0.0, "cache": 0.0, "batch": 5.0})
+    assert cost.saved_by_lever == pytest.approx({"routing": 0.0, "cache": 0.0, "batch": 5.0,
+                                                "compaction": 0.0})
 
 
 def test_a_cascade_bills_both_calls_against_one_baseline() -> None:

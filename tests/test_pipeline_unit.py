@@ -149,7 +149,7 @@ def test_each_model_call_is_shaped_for_its_own_model() -> None:
 
 def test_chain_order_is_the_documented_one() -> None:
     chain = build_chain(fake_config(), router=None)
-    assert chain.names == ["tenant", "batch", "router", "reasoning", "structured",
+    assert chain.names == ["tenant", "batch", "router", "compaction", "reasoning", "structured",
                            "prompt_cache", "accounting"]
     assert chain.extra_fields == frozenset({"reasoning", "thinking"})
 

@@ -1,8 +1,8 @@
 """`frugal bench ...`: side-by-side benchmarks.
 
-The one place the bench commands are registered: `quantize`, `serve`, `cpu-kernels` and
-`batch` are declared here, `eval`, `route` (serving/bench/eval_cli.py) and `levers`
-(serving/bench/levers_cli.py) in their own modules. Every command imports its heavy
+The one place the bench commands are registered: `quantize`, `serve`, `cpu-kernels`,
+`batch` and `compaction` are declared here, `eval`, `route` (serving/bench/eval_cli.py)
+and `levers` (serving/bench/levers_cli.py) in their own modules. Every command imports its heavy
 dependencies inside its function, so `frugal --help` stays fast.
 """
 
@@ -171,3 +171,55 @@ def batch(
         interactive_requests=interactive_requests, kills=kills, seed=seed, out=Path(out),
         command=command, say=console.print)
     print(markdown(result))
+
+
+@app.command("compaction")
+def compaction(
+    model_path: str = typer.Option("zoo/zoo-chat", help="The chat checkpoint (it is also "
+                                                        "its own summariser)."),
+    turns: str = typer.Option("5,10,20,40", help="Chat lengths, in turns before the question."),
+    per_length: int = typer.Option(10, min=1, help="Chats per length (and per mode)."),
+    seed: int = typer.Option(1_000_000_401, min=1_000_000_000, help="A held-out seed."),
+    budget_tokens: int = typer.Option(256, min=16, help="Compaction budget."),
+    keep_last_turns: int = typer.Option(2, min=0, help="Turns kept verbatim."),
+    concurrency: int = typer.Option(4, min=1, help="Chats replayed at once."),
+    out: str = typer.Option("docs/bench/compaction", help="Where results.json/.md and "
+                                                          "compaction.png go."),
+) -> None:
+    """Lever 8 side by side: long chats replayed turn by turn without compaction, with
+    the summariser, and with the facts and truncate fallbacks (tokens, $, accuracy,
+    summariser calls, TTFT)."""
+    import asyncio
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from serving.bench.compaction_bench import (
+        bench_config,
+        markdown,
+        plot,
+        run_bench,
+        summarise,
+    )
+    from serving.evaluation.launcher import frugal_server
+
+    console = Console(stderr=True)
+    path = _checkpoint(model_path, console).resolve()
+    lengths = [int(t) for t in turns.split(",")]
+    command = (f"frugal bench compaction --model-path {model_path} --turns {turns} "
+               f"--per-length {per_length} --seed {seed} --budget-tokens {budget_tokens} "
+               f"--keep-last-turns {keep_last_turns} --concurrency {concurrency} --out {out}")
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    console.print("starting frugal (three deployments of the chat model)...")
+    with frugal_server(bench_config(path, budget_tokens, keep_last_turns)) as server:
+        chats = asyncio.run(run_bench(server.url, path, lengths, per_length, seed,
+                                      concurrency, say=console.print))
+    rows = summarise(chats)
+    (target / "results.json").write_text(json.dumps({
+        "command": command, "rows": [r.model_dump() for r in rows],
+        "conversations": [c.model_dump() for c in chats]}, indent=1) + "\n")
+    report = markdown(rows, command, budget_tokens, keep_last_turns)
+    (target / "results.md").write_text(report)
+    plot(chats, rows, target / "compaction.png", budget_tokens)
+    print(report)

@@ -54,8 +54,13 @@ class AccountingLever(Lever):
         for call in ctx.calls:
             if call.usage is not None and call.cost is None:
                 call.cost = self.cost_model.cost(call.model, call.usage, batch=batch)
-        known = [call.cost for call in ctx.calls if call.cost is not None]
+        known = [call.cost for call in ctx.answer_calls if call.cost is not None]
         ctx.cost = combine_costs(known) if known else None
+        if ctx.cost is not None and ctx.compaction is not None:
+            summariser = [call.cost for call in ctx.calls
+                          if call.purpose == "compaction" and call.cost is not None]
+            ctx.cost = self.cost_model.with_compaction(
+                ctx.cost, ctx.compaction.removed_tokens, summariser)
         return ctx.cost
 
     async def after(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from serving.compaction.plan import Compaction
     from serving.cost import Cost, TokenUsage
     from serving.levers.reasoning import ThinkingAsk
     from serving.pipeline.parse import FrugalOptions
@@ -46,6 +47,7 @@ class ModelCall:
 
     model: str
     status: int = 0  # HTTP-like status of the call; 499: the client went away
+    purpose: str = "answer"  # "compaction": a summariser call made for this request
     usage: TokenUsage | None = None
     cost: Cost | None = None
 
@@ -87,6 +89,7 @@ class RequestContext:
     structured: bool = False  # the request constrains the answer (response_format, ...)
     json_capped_fields: int = 0  # subschemas the structured lever bounded (last call)
     reservation: Reservation | None = None  # the budget held for this request (tenants)
+    compaction: Compaction | None = None  # the compacted history (lever 8), if compacted
 
     # What happened.
     calls: list[ModelCall] = field(default_factory=list)
@@ -101,6 +104,9 @@ class RequestContext:
 
     # Set by the pipeline: call the engine again for `model` (shape hooks re-run).
     call_model: Callable[[RequestContext, str], Awaitable[Any]] | None = None
+    # Set by the pipeline: send an engine request as is (no shape hooks), recorded in
+    # `calls` like any other (the compaction lever's summariser calls).
+    call_engine: Callable[[RequestContext, Any], Awaitable[Any]] | None = None
 
     @property
     def stream(self) -> bool:
@@ -109,3 +115,8 @@ class RequestContext:
     @property
     def last_call(self) -> ModelCall | None:
         return self.calls[-1] if self.calls else None
+
+    @property
+    def answer_calls(self) -> list[ModelCall]:
+        """The calls that answered the request (not the summariser's)."""
+        return [call for call in self.calls if call.purpose == "answer"]

@@ -11,12 +11,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from serving.config import StructuredCaps
 from serving.errors import APIError
 from serving.pipeline.context import Endpoint
 from serving.router.runtime import validate_min_quality
+
+
+class CompactOptions(BaseModel):
+    """`extra_body.frugal.compact`: this request's compaction, over the model's settings."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    budget_tokens: int | None = Field(None, ge=1)
+    keep_last_turns: int | None = Field(None, ge=0, le=64)
 
 
 class FrugalOptions(BaseModel):
@@ -28,6 +37,9 @@ class FrugalOptions(BaseModel):
     #: JSON-schema caps of this request, over the model's `frugal.structured` (the fields
     #: it sets win; `null` leaves that kind unbounded).
     structured: StructuredCaps | None = None
+    #: Compaction of this request (lever 8): false turns it off, an object turns it on
+    #: with these settings over the model's (`true`: the model's settings).
+    compact: StrictBool | CompactOptions | None = None
 
     @field_validator("min_quality", mode="before")
     @classmethod

@@ -58,6 +58,7 @@ class Pipeline:
 
     async def run(self, ctx: RequestContext) -> Answer:
         ctx.call_model = self._call
+        ctx.call_engine = self.caller.unary
         deferred = False  # a stream runs on_usage when it ends, not here
         try:
             await self.chain.before(ctx)

@@ -172,3 +172,14 @@ class ResponseRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, index=True)
     body: Mapped[str] = mapped_column(Text)  # the response object, as JSON
     history: Mapped[str] = mapped_column(Text)  # input and output as chat messages, JSON
+
+
+class CompactionNoteRow(Base):
+    """A compaction note (lever 8), keyed by the sha256 of the chat prefix it summarises
+    and of the summariser and prompt that wrote it (serving/compaction/notes.py)."""
+
+    __tablename__ = "compaction_notes"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    note: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -64,6 +64,23 @@ SPECS: dict[str, TrainConfig] = {
         family_weights={"arithmetic": 0.38, "reverse": 0.29, "ranking": 0.33},
         open_finish_share=0.4,
     ),
+    # Lever 8 (compaction): zoo-s fine-tuned on the multi-turn chat family. It answers a
+    # chat from its full or compacted history and writes the compact note, so it serves
+    # as its own summariser (serving/zoo/chat_train.py); 15% of its examples stay on the
+    # task suite. Built after zoo-s, from zoo-s's weights.
+    "zoo-chat": TrainConfig(
+        shape="zoo-s",
+        base="zoo-s",
+        chat_share=0.85,
+        steps=3500,
+        batch_size=32,
+        lr=1e-3,
+        warmup=50,
+        seed=4,
+        threads=1,
+        max_difficulty={"arithmetic": 1, "reverse": 4, "ranking": 2},
+        family_weights={"arithmetic": 0.25, "reverse": 0.3, "ranking": 0.45},
+    ),
 }
 
 
@@ -76,6 +93,8 @@ class ModelRecord(BaseModel):
     params: int
     files: dict[str, str]  # file name -> sha256
     build_seconds: float
+    # A fine-tuned model: the sha256 of its base's weights when it was built.
+    base_weights: str = ""
 
 
 class Manifest(BaseModel):
@@ -132,7 +151,17 @@ def is_valid(zoo_dir: Path, name: str, cfg: TrainConfig, manifest: Manifest) -> 
     model_dir = zoo_dir / name
     if record is None or record.config != cfg or not model_dir.is_dir():
         return False
+    if record.base_weights != base_weights(zoo_dir, cfg):
+        return False  # its base was rebuilt since
     return hash_dir(model_dir) == record.files and record.data == data_fingerprint(cfg)
+
+
+def base_weights(zoo_dir: Path, cfg: TrainConfig) -> str:
+    """sha256 of the base model's weights for a fine-tuned model, else ""."""
+    if cfg.base is None:
+        return ""
+    weights = zoo_dir / cfg.base / "model.safetensors"
+    return sha256_file(weights) if weights.exists() else "missing"
 
 
 def build_model(
@@ -155,7 +184,8 @@ def build_model(
         print(f"{out_dir.name} step {step + 1}: {cells}", flush=True)
 
     start = time.monotonic()
-    model = train(cfg, on_step, monitor, monitor_every)
+    base = out_dir.parent / cfg.base if cfg.base else None
+    model = train(cfg, on_step, monitor, monitor_every, base_dir=base)
     params = count_params(model)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -225,6 +255,7 @@ def build_zoo(
                     )
 
             record = build_model(cfg, zoo_dir / name, report, monitor_every)
+            record.base_weights = base_weights(zoo_dir, cfg)
             # Re-read before writing: `--only` builds of different models may run side by
             # side, and each must keep the others' records.
             manifest = read_manifest(zoo_dir)

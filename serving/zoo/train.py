@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -83,6 +84,10 @@ class TrainConfig(BaseModel):
     # Mixed precision (bf16 matmuls, fp32 master weights): 1.75x faster per step on a CPU
     # with AVX512-BF16, and the checkpoint is saved in bf16 anyway.
     bf16_autocast: bool = True
+    # Fine-tuning: start from this zoo model's weights instead of a seeded init, and draw
+    # this share of examples from the multi-turn chat family (`chat_train.py`).
+    base: str | None = None
+    chat_share: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 def render_prompt(messages: list[dict[str, str]], enable_thinking: bool) -> str:
@@ -90,6 +95,11 @@ def render_prompt(messages: list[dict[str, str]], enable_thinking: bool) -> str:
     parts = [BOS]
     roles = {"system": SYSTEM, "user": USER}
     for message in messages:
+        if message["role"] == "assistant":  # a past turn, closed as the template does
+            content = message["content"]
+            think = "" if THINK_CLOSE in content else THINK_OPEN + THINK_CLOSE
+            parts.append(ASSISTANT + think + content + "</s>")
+            continue
         parts.append(roles[message["role"]] + message["content"])
     parts.append(ASSISTANT + (THINK_OPEN if enable_thinking else THINK_OPEN + THINK_CLOSE))
     return "".join(parts)
@@ -129,6 +139,13 @@ def make_example(item: TaskItem, mode: str, rng: random.Random) -> tuple[list[in
     return prompt + target, [IGNORE] * len(prompt) + target
 
 
+def example_from(messages: list[dict[str, str]], answer: str) -> tuple[list[int], list[int]]:
+    """(input ids, labels) for a direct (thinking off) answer to `messages`."""
+    prompt = encode(render_prompt(messages, enable_thinking=False))
+    target = [*encode(answer), EOS_ID]
+    return prompt + target, [IGNORE] * len(prompt) + target
+
+
 def choose_mode(cfg: TrainConfig, family: str, difficulty: int, rng: random.Random) -> str:
     """`think`, `cut` or `direct` for one example (no direct above the family's cap)."""
     roll = rng.random()
@@ -142,9 +159,14 @@ def choose_mode(cfg: TrainConfig, family: str, difficulty: int, rng: random.Rand
 
 def sample_batch(cfg: TrainConfig, step: int) -> list[tuple[list[int], list[int]]]:
     """The batch for one step: a pure function of (config, step)."""
+    from serving.zoo.chat_train import chat_example
+
     rng = random.Random(f"batch/{cfg.seed}/{step}")
     batch = []
     for _ in range(cfg.batch_size):
+        if cfg.chat_share and rng.random() < cfg.chat_share:
+            batch.append(chat_example(rng))
+            continue
         family = rng.choices(FAMILIES, weights=[cfg.family_weights[f] for f in FAMILIES])[0]
         levels = [d for d in DIFFICULTIES[family] if d <= cfg.max_difficulty[family]]
         # Harder levels are sampled more often: they need more examples to be learned.
@@ -185,8 +207,10 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     monitor: Callable[[int, Any], None] | None = None,
     monitor_every: int = 0,
+    base_dir: Path | None = None,
 ):
-    """Train from a seeded init; returns the fp32 model. `on_step(step, loss)` reports;
+    """Train from a seeded init (or from `base_dir`'s weights when `cfg.base` is set:
+    default the zoo directory's copy); returns the fp32 model. `on_step(step, loss)` reports;
     `monitor(step, model)` runs every `monitor_every` steps (e.g. a quick evaluation). It
     must not change the weights or draw from torch's RNG, so the result stays the same."""
     import torch
@@ -195,7 +219,15 @@ def train(
 
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
-    model = init_model(SHAPES[cfg.shape], cfg.seed)
+    if cfg.base is not None:
+        from transformers import AutoModelForCausalLM
+
+        from serving.zoo.paths import default_zoo_dir
+
+        model = AutoModelForCausalLM.from_pretrained(
+            base_dir or default_zoo_dir() / cfg.base, dtype=torch.float32)
+    else:
+        model = init_model(SHAPES[cfg.shape], cfg.seed)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

@@ -1,0 +1,219 @@
+"""Compaction's planner (serving/compaction/plan.py) with the zoo's real tokenizer and a
+scripted summariser (a fast unit test of the planning logic: the real summariser model is
+tested in tests/test_compaction_server.py), its note cache on SQLite and PostgreSQL, and
+the cost account of a compacted request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from serving.compaction.counter import PromptCounter
+from serving.compaction.format import NOTE_HEADER, PREVIOUS_NOTES
+from serving.compaction.notes import NoteCache
+from serving.compaction.plan import Compactor, fact_sentences
+from serving.config import CompactionSettings, FrugalConfig, Price
+from serving.cost import CostModel, TokenUsage
+from serving.errors import APIError
+from serving.store.db import open_engine, session_factory
+from serving.zoo.chat import generate_chats, note_for
+from serving.zoo.tasks import SYSTEM_PROMPT
+from tests.conftest import zoo_model_path
+from tests.postgres import fresh_database
+
+
+def config() -> FrugalConfig:
+    source = str(zoo_model_path("zoo-s"))
+    return FrugalConfig.model_validate({"models": [
+        {"model_loading_config": {"model_id": "small", "model_source": source},
+         "frugal": {"price": {"input_per_million": 1.0, "output_per_million": 2.0}}},
+        {"model_loading_config": {"model_id": "big", "model_source": source},
+         "frugal": {"price": {"input_per_million": 10.0, "output_per_million": 20.0}}},
+    ]})
+
+
+class ScriptedSummariser:
+    """Writes the exact note of the transcript it is shown (what the zoo model is
+    trained to write), and records every request."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.requests: list[list[dict[str, str]]] = []
+        self.fail = fail
+
+    async def __call__(self, messages: list[dict[str, str]]) -> str:
+        self.requests.append(messages)
+        if self.fail is not None:
+            raise self.fail
+        text = messages[-1]["content"]
+        previous = ""
+        if text.startswith(PREVIOUS_NOTES):
+            lines = text.removeprefix(PREVIOUS_NOTES).split("\n")
+            cut = next(i for i, line in enumerate(lines) if line.startswith("user: "))
+            previous, text = "\n".join(lines[:cut]), "\n".join(lines[cut:])
+        turns = [{"role": "user", "content": line.removeprefix("user: ")}
+                 for line in text.split("\n") if line.startswith("user: ")]
+        return "\n".join(filter(None, [previous, note_for(turns)]))
+
+
+def kept_facts(messages: list[dict[str, str]]) -> set[str]:
+    """The facts a compacted chat still holds: its note's lines and its verbatim turns'."""
+    note = messages[0]["content"].split(NOTE_HEADER)[-1] if NOTE_HEADER in messages[0][
+        "content"] else ""
+    return set(filter(None, note.split("\n") + note_for(messages[1:]).split("\n")))
+
+
+def settings(**kw) -> CompactionSettings:
+    base = {"enabled": True, "budget_tokens": 300, "keep_last_turns": 2,
+            "summariser": "small", "chunk_tokens": 400}
+    return CompactionSettings.model_validate({**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def counter() -> PromptCounter:
+    return PromptCounter(config())
+
+
+def compact(counter, messages, summarise, notes=None, **kw):
+    compactor = Compactor(counter, notes or NoteCache(None))
+    return asyncio.run(compactor.compact("small", messages, settings(**kw), summarise))
+
+
+def chat(turns: int, system: bool = True):
+    item = generate_chats(turns, 1, seed=1_000_000_123)[0]
+    head = [{"role": "system", "content": SYSTEM_PROMPT}] if system else []
+    return item, head + item.messages
+
+
+def test_a_chat_within_budget_is_left_alone(counter) -> None:
+    _, messages = chat(3)
+    summariser = ScriptedSummariser()
+    assert compact(counter, messages, summariser) is None
+    assert summariser.requests == []
+
+
+def test_a_long_chat_keeps_system_and_last_turns_and_fits(counter) -> None:
+    item, messages = chat(40)
+    summariser = ScriptedSummariser()
+    result = compact(counter, messages, summariser)
+    assert result.method == "summary" and result.summariser_calls == len(summariser.requests)
+    assert result.original_tokens > 1024 >= 300 >= result.compacted_tokens
+    assert result.removed_tokens == result.original_tokens - result.compacted_tokens
+    system = result.messages[0]
+    assert system["role"] == "system" and system["content"].startswith(SYSTEM_PROMPT)
+    assert kept_facts(result.messages) == set(item.scratchpad.split("\n"))  # every fact
+    assert result.messages[1:] == messages[-5:]  # two turns and the question, verbatim
+    assert "tokens=" in result.header() and "calls=" in result.header()
+
+
+def test_the_next_turn_reuses_the_cached_note_with_identical_bytes(counter) -> None:
+    _, messages = chat(40)
+    notes = NoteCache(None)
+    first = compact(counter, messages[:-1] + [messages[-1]], ScriptedSummariser(), notes)
+    following = messages + [{"role": "assistant", "content": "B"},
+                            {"role": "user", "content": "Who leads?"}]
+    summariser = ScriptedSummariser()
+    second = compact(counter, following, summariser, notes)
+    assert second.method == "cached" and summariser.requests == []
+    assert second.messages[0] == first.messages[0]  # the prefix cache keeps hitting
+    assert second.messages[: len(first.messages)] == first.messages[:1] + messages[-5:]
+
+
+def test_a_growing_chat_extends_its_note_instead_of_starting_over(counter) -> None:
+    item, messages = chat(40)
+    notes = NoteCache(None)
+    body = messages[1:]
+    calls = []
+    for end in range(21, len(body) + 1, 2):  # the client sends turn after turn
+        summariser = ScriptedSummariser()
+        result = compact(counter, messages[:1] + body[:end], summariser, notes)
+        calls.append(len(summariser.requests))
+        for request in summariser.requests[1:]:
+            assert request[-1]["content"].startswith(PREVIOUS_NOTES)
+    assert 0 < sum(calls) <= len(calls) / 2  # about once per few turns, not every turn
+    assert kept_facts(result.messages) == set(item.scratchpad.split("\n"))
+
+
+def test_long_stretches_are_folded_in_chunks(counter) -> None:
+    item, messages = chat(40)
+    summariser = ScriptedSummariser()
+    result = compact(counter, messages, summariser, chunk_tokens=200)
+    assert len(summariser.requests) >= 3
+    assert all(r[-1]["content"].startswith(PREVIOUS_NOTES) for r in summariser.requests[1:]
+               if NOTE_HEADER not in r[-1]["content"])
+    assert kept_facts(result.messages) == set(item.scratchpad.split("\n"))
+
+
+@pytest.mark.parametrize("failure,reason", [(TimeoutError(), "timeout"),
+                                            (APIError(503, "down"), "status 503")])
+def test_a_failing_summariser_falls_back_to_the_facts(counter, failure, reason) -> None:
+    _, messages = chat(40)
+    result = compact(counter, messages, ScriptedSummariser(fail=failure))
+    assert result.method == "facts" and result.fallback_reason == reason
+    note = result.messages[0]["content"]
+    kept = "\n".join(m["content"] for m in result.messages)
+    facts = [m["content"] for m in messages if any(c.isdigit() for c in m["content"])]
+    assert len(facts) == 4 and all(fact in kept for fact in facts)
+    assert note.count("\n") >= 2 and "weather" not in note  # older facts, no filler
+    assert result.compacted_tokens <= 300
+    assert "fallback=" + reason in result.header()
+
+
+def test_without_a_summariser_truncate_drops_the_oldest_turns(counter) -> None:
+    _, messages = chat(40)
+    result = compact(counter, messages, None, fallback="truncate", summariser=None)
+    assert result.method == "truncate" and result.compacted_tokens <= 300
+    assert result.messages[0] == messages[0]
+    kept = result.messages[1:]
+    assert kept == messages[-len(kept):] and len(kept) >= 5
+
+
+def test_a_budget_the_system_prompt_alone_exceeds_is_a_400(counter) -> None:
+    _, messages = chat(10)
+    messages[0] = {"role": "system", "content": "x" * 400}
+    with pytest.raises(APIError) as err:
+        compact(counter, messages, ScriptedSummariser())
+    assert err.value.status == 400 and err.value.param == "frugal.compact.budget_tokens"
+
+
+def test_fact_sentences_keep_numbers_and_names() -> None:
+    messages = [{"role": "user", "content": "Nice day. Meet Alice and Bob at noon. It is 42."},
+                {"role": "assistant", "content": "OK. Noted."}]
+    assert fact_sentences(messages) == "Meet Alice and Bob at noon.\nIt is 42."
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/frugal.db"
+        return
+    with fresh_database(request.getfixturevalue("postgres_url")) as url:
+        yield url
+
+
+def test_notes_are_shared_through_the_store(counter, store_url) -> None:
+    """Two gateway replicas: the second finds the note the first wrote."""
+    _, messages = chat(40)
+    sessions = session_factory(open_engine(store_url))
+    one, two = NoteCache(sessions), NoteCache(sessions)
+    compact(counter, messages, ScriptedSummariser(), one)
+    summariser = ScriptedSummariser()
+    result = compact(counter, messages, summariser, two)
+    assert result.method == "cached" and summariser.requests == []
+
+
+def test_the_bill_of_a_compacted_request_counts_the_summariser() -> None:
+    cfg = config()
+    prices = {"small": Price(input_per_million=1.0, output_per_million=2.0),
+              "big": Price(input_per_million=10.0, output_per_million=20.0)}
+    model = CostModel(cfg, prices)
+    answer = model.cost("small", TokenUsage(prompt_tokens=200, completion_tokens=2))
+    summary = model.cost("small", TokenUsage(prompt_tokens=400, completion_tokens=20))
+    bill = model.with_compaction(answer, 1000, [summary])
+    assert bill.compaction_usd == pytest.approx(summary.total_usd)
+    assert bill.total_usd == pytest.approx(answer.total_usd + summary.total_usd)
+    assert bill.baseline_usd == pytest.approx(answer.baseline_usd + 1000 * 10e-6)
+    assert bill.saved_by_lever["compaction"] == pytest.approx(1000e-6 - summary.total_usd)
+    assert sum(bill.saved_by_lever.values()) == pytest.approx(bill.saved_usd)
+    assert bill.saved_usd == pytest.approx(bill.baseline_usd - bill.total_usd)
