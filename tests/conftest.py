@@ -176,3 +176,16 @@ def redis_url() -> Iterator[str]:
         except RedisUnavailable as exc:
             pytest.fail(str(exc), pytrace=False)
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> Iterator[str]:
+    """A fresh store URL, once on SQLite and once on a database of the session's real
+    PostgreSQL (for the store tests that must hold on both)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/frugal.db"
+        return
+    from tests.postgres import fresh_database
+
+    with fresh_database(request.getfixturevalue("postgres_url")) as url:
+        yield url

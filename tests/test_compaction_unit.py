@@ -6,7 +6,6 @@ the cost account of a compacted request."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,7 +20,6 @@ from serving.store.db import open_engine, session_factory
 from serving.zoo.chat import generate_chats, note_for
 from serving.zoo.tasks import SYSTEM_PROMPT
 from tests.conftest import zoo_model_path
-from tests.postgres import fresh_database
 
 
 def config() -> FrugalConfig:
@@ -181,15 +179,6 @@ def test_fact_sentences_keep_numbers_and_names() -> None:
     messages = [{"role": "user", "content": "Nice day. Meet Alice and Bob at noon. It is 42."},
                 {"role": "assistant", "content": "OK. Noted."}]
     assert fact_sentences(messages) == "Meet Alice and Bob at noon.\nIt is 42."
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/frugal.db"
-        return
-    with fresh_database(request.getfixturevalue("postgres_url")) as url:
-        yield url
 
 
 def test_notes_are_shared_through_the_store(counter, store_url) -> None:

@@ -8,7 +8,6 @@ import json
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,6 @@ from typer.testing import CliRunner
 from serving.store.db import open_engine, session_factory
 from serving.tenants.keys import BudgetPeriod, KeySettings, period_of
 from serving.tenants.store import KeyStore
-from tests.postgres import fresh_database
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/frugal.db"
-        return
-    with fresh_database(request.getfixturevalue("postgres_url")) as url:
-        yield url
 
 
 def open_store(url: str) -> KeyStore:
