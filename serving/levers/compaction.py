@@ -19,6 +19,7 @@ from serving.compaction.plan import Compactor, Messages, Summarise
 from serving.config import CompactionSettings, FrugalConfig, ModelConfig
 from serving.errors import APIError
 from serving.pipeline.context import Endpoint, RequestContext
+from serving.pipeline.engine_call import is_error
 from serving.pipeline.lever import Lever
 from serving.pipeline.parse import CompactOptions
 
@@ -102,7 +103,7 @@ class CompactionLever(Lever):
             finally:
                 for call in ctx.calls[first:]:
                     call.purpose = "compaction"
-            if hasattr(result, "error") and not hasattr(result, "choices"):
+            if is_error(result):
                 raise APIError(result.error.code, result.error.message)
             choice = result.choices[0]
             if choice.finish_reason == "length":
