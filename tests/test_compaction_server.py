@@ -88,7 +88,7 @@ def test_bad_compact_options_are_a_400(client, compact) -> None:
 
 
 def test_a_summariser_that_cannot_answer_in_time_falls_back(client, server) -> None:
-    """zoo-s's summariser (zoo-s-tight with a 1 ms timeout) never answers in time: the
+    """zoo-s's summariser (zoo-chat with a 1 ms timeout) never answers in time: the
     request is answered anyway, compacted by the `facts` fallback, and says so."""
     item = long_chat(20)
     raw = ask(client, item.messages, model="zoo-s",
