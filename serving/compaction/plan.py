@@ -7,8 +7,9 @@ A turn starts at a user message. Over the budget, the body before the last
 message (`format.with_note`):
 1. the longest prefix with a cached note is tried first: if the chat then fits, nothing
    is summarised (a cache hit, and the same bytes as the previous turn);
-2. otherwise the turns since that note, up to the kept tail, are folded into it by the
-   summariser, `chunk_tokens` of transcript per call, each result cached;
+2. otherwise the summariser notes the turns since that note, up to the kept tail,
+   `chunk_tokens` of transcript per call, and each call's lines are appended to the
+   note (the older lines are never rewritten); each result is cached;
 3. without a summariser, or when it fails, `facts` keeps the older sentences that carry
    numbers or names as the note, and `truncate` drops the oldest turns until it fits.
 The chat is never made to fail by compaction, except a budget that even the head alone
@@ -146,8 +147,12 @@ class Compactor:
         start, note = (bounds[cached[0]], cached[1]) if cached else (0, "")
         calls = 0
         for end in await self._chunks(settings, body, start, bounds):
-            note = (await summarise(summary_messages(
-                settings.summary_prompt, note, body[start:end]))).strip()
+            # Append-only: the summariser notes only the new turns, and the old lines
+            # stay as they were, so an error is never copied forward and the note's
+            # bytes (and vLLM's prefix cache of them) stay stable as it grows.
+            lines = (await summarise(summary_messages(
+                settings.summary_prompt, "", body[start:end]))).strip()
+            note = "\n".join(part for part in (note, lines) if part)
             calls += 1
             await self.notes.put(keys[bounds.index(end)], note)
             start = end
