@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from serving.compaction.counter import PromptCounter
-from serving.compaction.format import NOTE_HEADER, PREVIOUS_NOTES
+from serving.compaction.format import NOTE_HEADER, PREVIOUS_NOTES, transcript
 from serving.compaction.notes import NoteCache
 from serving.compaction.plan import Compactor, fact_sentences
 from serving.config import CompactionSettings, FrugalConfig, Price
@@ -60,6 +60,21 @@ def kept_facts(messages: list[dict[str, str]]) -> set[str]:
     note = messages[0]["content"].split(NOTE_HEADER)[-1] if NOTE_HEADER in messages[0][
         "content"] else ""
     return set(filter(None, note.split("\n") + note_for(messages[1:]).split("\n")))
+
+
+def note_of(messages: list[dict[str, str]]) -> str:
+    content = messages[0]["content"]
+    return content.split(NOTE_HEADER)[-1] if NOTE_HEADER in content else ""
+
+
+def stretches(shown: list[str], body: list[dict[str, str]]) -> list[list[dict[str, str]]]:
+    """`body` cut into consecutive stretches as long as each shown transcript."""
+    out, start = [], 0
+    for text in shown:
+        size = text.count("\n") + 1
+        out.append(body[start:start + size])
+        start += size
+    return out
 
 
 def settings(**kw) -> CompactionSettings:
@@ -118,19 +133,23 @@ def test_the_next_turn_reuses_the_cached_note_with_identical_bytes(counter) -> N
     assert second.messages[: len(first.messages)] == first.messages[:1] + messages[-5:]
 
 
-def test_a_growing_chat_extends_its_note_instead_of_starting_over(counter) -> None:
+def test_a_growing_chat_appends_to_its_note_instead_of_starting_over(counter) -> None:
     item, messages = chat(40)
     notes = NoteCache(None)
     body = messages[1:]
-    calls = []
+    calls, shown, note = [], [], ""
     for end in range(21, len(body) + 1, 2):  # the client sends turn after turn
         summariser = ScriptedSummariser()
         result = compact(counter, messages[:1] + body[:end], summariser, notes)
         calls.append(len(summariser.requests))
-        for request in summariser.requests[1:]:
-            assert request[-1]["content"].startswith(PREVIOUS_NOTES)
+        shown += [request[-1]["content"] for request in summariser.requests]
+        assert note_of(result.messages).startswith(note)  # old lines are never rewritten
+        note = note_of(result.messages)
     assert 0 < sum(calls) <= len(calls) / 2  # about once per few turns, not every turn
     assert kept_facts(result.messages) == set(item.scratchpad.split("\n"))
+    # Each call read only turns no earlier call had read: never the old note.
+    assert shown == [transcript(stretch) for stretch in stretches(shown, body)]
+    assert "\n".join(shown) == transcript(body[: result.folded_messages])
 
 
 def test_long_stretches_are_folded_in_chunks(counter) -> None:
@@ -138,8 +157,8 @@ def test_long_stretches_are_folded_in_chunks(counter) -> None:
     summariser = ScriptedSummariser()
     result = compact(counter, messages, summariser, chunk_tokens=200)
     assert len(summariser.requests) >= 3
-    assert all(r[-1]["content"].startswith(PREVIOUS_NOTES) for r in summariser.requests[1:]
-               if NOTE_HEADER not in r[-1]["content"])
+    shown = [request[-1]["content"] for request in summariser.requests]
+    assert "\n".join(shown) == transcript(messages[1:][: result.folded_messages])
     assert kept_facts(result.messages) == set(item.scratchpad.split("\n"))
 
 
