@@ -1,0 +1,64 @@
+"""The bill's reference workload (serving/bench/bill_workload.py): deterministic, the mix
+it promises, and a user's own JSONL."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from serving.bench.bill_workload import (
+    DEFAULT_SEED,
+    HELD_OUT_SEEDS,
+    BillMix,
+    generate_workload,
+    load_workload,
+)
+from serving.zoo.tasks import DIFFICULTIES, EVAL_SEED_MIN, FAMILIES, SYSTEM_PROMPT
+
+
+def test_the_same_seed_gives_the_same_workload_and_another_seed_another() -> None:
+    mix = BillMix()
+    first, again = generate_workload(mix, DEFAULT_SEED), generate_workload(mix, DEFAULT_SEED)
+    assert first == again
+    held_out = generate_workload(mix, HELD_OUT_SEEDS[0])
+    assert [r.messages for r in held_out] != [r.messages for r in first]
+    assert min(DEFAULT_SEED, *HELD_OUT_SEEDS) >= EVAL_SEED_MIN  # never trained on
+
+
+def test_the_mix_has_every_family_shared_prompts_json_batch_reasoning_and_chats() -> None:
+    mix = BillMix(tasks=120, apps=3, json_share=0.25, batchable_share=0.3, chats=4)
+    workload = generate_workload(mix)
+    tasks = [r for r in workload if r.kind == "task"]
+    chats = [r for r in workload if r.kind == "chat"]
+    assert len(tasks) == 120 and len(chats) == 4
+    assert {(r.family, r.difficulty) for r in tasks} == {
+        (f, d) for f in FAMILIES for d in DIFFICULTIES[f]}
+    assert len({r.system for r in tasks}) == 3  # a few long prefixes, shared
+    assert all(r.system.endswith(SYSTEM_PROMPT) and len(r.system) > 1000 for r in tasks)
+    assert 0.1 < sum(r.wants_json for r in tasks) / 120 < 0.4
+    assert 0.15 < sum(r.batchable for r in tasks) / 120 < 0.45
+    assert {r.difficulty for r in tasks if r.needs_reasoning} == {
+        DIFFICULTIES[f][-1] for f in FAMILIES}
+    assert all(not r.needs_reasoning for r in tasks
+               if r.difficulty != DIFFICULTIES[r.family][-1])
+    assert sorted(r.difficulty for r in chats) == [10, 10, 20, 20]
+    assert all(r.messages[-1]["role"] == "user" and len(r.messages) > 20 for r in chats)
+
+
+def test_a_users_own_traffic_loads_from_jsonl(tmp_path) -> None:
+    workload = generate_workload(BillMix(tasks=10, chats=1))
+    path = tmp_path / "traffic.jsonl"
+    path.write_text("\n".join(r.model_dump_json() for r in workload) + "\n\n")
+    assert load_workload(path) == workload
+    path.write_text('{"id": "x", "kind": "poem"}\n')
+    with pytest.raises(ValidationError):
+        load_workload(path)
+
+
+def test_a_mix_is_validated() -> None:
+    with pytest.raises(ValidationError):
+        BillMix(json_share=1.5)
+    with pytest.raises(ValidationError):
+        BillMix(chats=2, chat_turns=())
+    with pytest.raises(ValidationError):
+        BillMix(surprise=1)
