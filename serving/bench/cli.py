@@ -223,3 +223,89 @@ def compaction(
     (target / "results.md").write_text(report)
     plot(chats, rows, target / "compaction.png", budget_tokens)
     print(report)
+
+
+@app.command("bill")
+def bill(
+    config: str = typer.Option("deployments/local.yaml", help="The deployments YAML the "
+                               "server runs (for its baseline and chat models)."),
+    base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="A running server "
+                                 "(`make run`); ignored with --price-by params."),
+    price_by: str = typer.Option("yaml", help="yaml: the server's prices; params: start a "
+                                 "server from --config with size-proportional prices."),
+    seed: int = typer.Option(1_000_002_501, min=1_000_000_000, help="A held-out seed."),
+    tasks: int = typer.Option(96, min=1, help="Single-turn task requests."),
+    chats: int = typer.Option(4, min=0, help="Multi-turn chats (10 and 20 turns)."),
+    workload: str = typer.Option("", help="Your own traffic: JSONL of BillRequest lines."),
+    levers: str = typer.Option(",".join(("routing", "reasoning", "cache", "structured",
+                                         "batch", "compaction")),
+                               help="Levers of the frugal run, each also ablated."),
+    concurrency: int = typer.Option(8, min=1, help="Online requests at once."),
+    out: str = typer.Option("docs/bench/bill", help="Where results.md/.json and "
+                                                    "waterfall.png go."),
+    json_path: str = typer.Option("", "--json", help="Also write the report's JSON here."),
+) -> None:
+    """The bill: one reference workload naive, frugal, and frugal minus each lever, side
+    by side on one server; $ from the responses' own usage.cost (docs/bill.md)."""
+    import asyncio
+    import contextlib
+    import tempfile
+    from pathlib import Path
+
+    import httpx
+    from rich.console import Console
+
+    from serving.bench.bill import LEVERS, run_bill
+    from serving.bench.bill_prices import params_priced
+    from serving.bench.bill_report import markdown, waterfall
+    from serving.bench.bill_workload import BillMix, generate_workload, load_workload
+    from serving.config import load_config
+    from serving.evaluation.launcher import frugal_server
+
+    console = Console(stderr=True)
+    chosen = tuple(lever for lever in levers.split(",") if lever)
+    unknown = set(chosen) - set(LEVERS)
+    if unknown or price_by not in ("yaml", "params"):
+        console.print(f"[red]unknown lever(s) {sorted(unknown)} or --price-by {price_by}"
+                      f"[/red]; levers: {', '.join(LEVERS)}; --price-by yaml|params")
+        raise typer.Exit(2)
+    served = load_config(config)
+    chat_model = next((m.model_id for m in served.models if m.frugal.compaction.enabled),
+                      served.baseline_model)
+    traffic = (load_workload(Path(workload)) if workload
+               else generate_workload(BillMix(tasks=tasks, chats=chats), seed))
+    command = (f"frugal bench bill --config {config} --price-by {price_by} --seed {seed} "
+               f"--tasks {tasks} --chats {chats} --concurrency {concurrency}"
+               + (f" --workload {workload}" if workload else "")
+               + (f" --levers {levers}" if chosen != LEVERS else ""))
+    absent = {"quantization": "no quantized model in the ladder of " + config}
+    if any(m.resolved_engine_kwargs().get("quantization") for m in served.models):
+        absent = {}
+    with contextlib.ExitStack() as stack:
+        if price_by == "params":
+            priced, sizes = params_priced(served)
+            state = stack.enter_context(tempfile.TemporaryDirectory(prefix="frugal-bill-"))
+            priced.store.state_dir = state
+            console.print("starting frugal with size-proportional prices ("
+                          + ", ".join(f"{m} {n:,} params" for m, n in sizes.items()) + ")...")
+            server = stack.enter_context(frugal_server(
+                priced.model_dump(mode="json", exclude_none=True)))
+            base_url = server.url
+        ids = {m["id"] for m in httpx.get(f"{base_url}/models", timeout=30).json()["data"]}
+        if "routing" in chosen and "auto" not in ids:
+            absent["routing"] = "the server has no model='auto' (no router scorecard)"
+            chosen = tuple(lever for lever in chosen if lever != "routing")
+        report = asyncio.run(run_bill(base_url, traffic, served.baseline_model, chat_model,
+                                      chosen, absent, concurrency, say=console.print))
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    prices = ("size-proportional (--price-by params: the baseline's price scaled by "
+              "parameters)" if price_by == "params" else f"the server's own ({config})")
+    text = markdown(report, command, prices)
+    (target / "results.md").write_text(text)
+    data = {"command": command, **report.model_dump()}
+    (target / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+    if json_path:
+        Path(json_path).write_text(json.dumps(data, indent=1) + "\n")
+    waterfall(report, target / "waterfall.png")
+    print(text)
