@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.bench.bill import BillReport, run_scenario, task_body
-from serving.bench.bill_report import lever_savings, markdown, waterfall
+from serving.bench.bill_report import lever_savings, markdown, publish, waterfall
 from serving.bench.bill_workload import BillMix, generate_workload
 
 pytestmark = pytest.mark.server
@@ -55,6 +56,13 @@ def test_naive_and_frugal_are_billed_from_the_responses(server, workload, tmp_pa
     assert f"{report.ratio:.1f}x cheaper" in text and "- routing: no scorecard" in text
     waterfall(report, tmp_path / "waterfall.png")
     assert (tmp_path / "waterfall.png").stat().st_size > 10_000
+    publish(report, tmp_path / "bill.prom")
+    samples = {(s.name, s.labels.get("run")): s.value
+               for family in text_string_to_metric_families((tmp_path / "bill.prom").read_text())
+               for s in family.samples}
+    assert samples[("frugal_bill_cost_usd", "naive")] == pytest.approx(naive.cost_usd)
+    assert samples[("frugal_bill_accuracy", "without_batch")] == naive.accuracy
+    assert samples[("frugal_bill_ratio", None)] == pytest.approx(report.ratio)
 
 
 def test_a_lever_off_changes_only_its_part_of_the_request() -> None:

@@ -1,4 +1,5 @@
-"""The Grafana dashboard only queries metrics the gateway really exports."""
+"""The Grafana dashboard only queries metrics the gateway (or `frugal bench bill`) really
+exports."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from prometheus_client.metrics import MetricWrapperBase
 
 from serving import metrics
+from serving.bench.bill_report import BILL_METRICS
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deployments" / "grafana" / "frugal-cost.json"
 
@@ -19,7 +21,7 @@ def exported_names() -> set[str]:
         if isinstance(value, MetricWrapperBase):
             for suffix in ("", "_total", "_bucket", "_count", "_sum"):
                 names.add(value._name + suffix)
-    return names
+    return names | set(BILL_METRICS)  # the bill's gauges, written by `frugal bench bill`
 
 
 def test_dashboard_queries_exported_metrics() -> None:

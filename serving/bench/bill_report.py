@@ -97,3 +97,38 @@ def waterfall(report: BillReport, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+#: The bill's gauges (one registry of their own: the bench is not the server).
+BILL_METRICS: dict[str, str] = {
+    "frugal_bill_cost_usd": "$ of the reference workload, per run of the last bill",
+    "frugal_bill_accuracy": "Accuracy of the reference workload, per run of the last bill",
+    "frugal_bill_ratio": "Naive $ over frugal $ in the last bill",
+}
+
+
+def prometheus_registry(report: BillReport) -> object:
+    """The bill's totals as gauges, labelled by run (`naive`, `frugal`, `without_<lever>`)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    cost, accuracy, ratio = (Gauge(name, doc, ["run"] if name != "frugal_bill_ratio" else [],
+                                   registry=registry) for name, doc in BILL_METRICS.items())
+    runs = {"naive": report.naive, "frugal": report.frugal,
+            **{f"without_{k}": v for k, v in report.by_lever.items()}}
+    for name, run in runs.items():
+        cost.labels(run=name).set(run.cost_usd)
+        accuracy.labels(run=name).set(run.accuracy)
+    ratio.set(report.ratio)
+    return registry
+
+
+def publish(report: BillReport, textfile: Path, pushgateway: str = "") -> None:
+    """Write the gauges for node_exporter's textfile collector, and push them to a
+    Prometheus Pushgateway when one is given, so the dashboard shows the last bill."""
+    from prometheus_client import push_to_gateway, write_to_textfile
+
+    registry = prometheus_registry(report)
+    write_to_textfile(str(textfile), registry)
+    if pushgateway:
+        push_to_gateway(pushgateway, job="frugal_bench_bill", registry=registry)

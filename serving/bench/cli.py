@@ -216,9 +216,12 @@ def compaction(
         chats = asyncio.run(run_bench(server.url, path, lengths, per_length, seed,
                                       concurrency, say=console.print))
     rows = summarise(chats)
-    (target / "results.json").write_text(json.dumps({
-        "command": command, "rows": [r.model_dump() for r in rows],
-        "conversations": [c.model_dump() for c in chats]}, indent=1) + "\n")
+    # Every turn of every chat is kept, one conversation per line (a few MB indented).
+    (target / "results.json").write_text("{\n" + ",\n".join([
+        f'"command": {json.dumps(command)}',
+        f'"rows": {json.dumps([r.model_dump() for r in rows], indent=1)}',
+        '"conversations": [\n' + ",\n".join(json.dumps(c.model_dump()) for c in chats) + "\n]",
+    ]) + "\n}\n")
     report = markdown(rows, command, budget_tokens, keep_last_turns)
     (target / "results.md").write_text(report)
     plot(chats, rows, target / "compaction.png", budget_tokens)
@@ -244,6 +247,8 @@ def bill(
     out: str = typer.Option("docs/bench/bill", help="Where results.md/.json and "
                                                     "waterfall.png go."),
     json_path: str = typer.Option("", "--json", help="Also write the report's JSON here."),
+    pushgateway: str = typer.Option("", help="Also push the totals to this Prometheus "
+                                    "Pushgateway (host:port)."),
 ) -> None:
     """The bill: one reference workload naive, frugal, and frugal minus each lever, side
     by side on one server; $ from the responses' own usage.cost (docs/bill.md)."""
@@ -257,7 +262,7 @@ def bill(
 
     from serving.bench.bill import LEVERS, run_bill
     from serving.bench.bill_prices import params_priced
-    from serving.bench.bill_report import markdown, waterfall
+    from serving.bench.bill_report import markdown, publish, waterfall
     from serving.bench.bill_workload import BillMix, generate_workload, load_workload
     from serving.config import load_config
     from serving.evaluation.launcher import frugal_server
@@ -308,4 +313,5 @@ def bill(
     if json_path:
         Path(json_path).write_text(json.dumps(data, indent=1) + "\n")
     waterfall(report, target / "waterfall.png")
+    publish(report, target / "bill.prom", pushgateway)
     print(text)
