@@ -26,7 +26,8 @@ def test_the_same_seed_gives_the_same_workload_and_another_seed_another() -> Non
 
 
 def test_the_mix_has_every_family_shared_prompts_json_batch_reasoning_and_chats() -> None:
-    mix = BillMix(tasks=120, apps=3, json_share=0.25, batchable_share=0.3, chats=4)
+    mix = BillMix(tasks=120, apps=3, json_share=0.25, batchable_share=0.3, chats=4,
+                  app_prompt_chars=1200)
     workload = generate_workload(mix)
     tasks = [r for r in workload if r.kind == "task"]
     chats = [r for r in workload if r.kind == "chat"]
@@ -34,7 +35,7 @@ def test_the_mix_has_every_family_shared_prompts_json_batch_reasoning_and_chats(
     assert {(r.family, r.difficulty) for r in tasks} == {
         (f, d) for f in FAMILIES for d in DIFFICULTIES[f]}
     assert len({r.system for r in tasks}) == 3  # a few long prefixes, shared
-    assert all(r.system.endswith(SYSTEM_PROMPT) and len(r.system) > 1000 for r in tasks)
+    assert all(r.system.endswith(SYSTEM_PROMPT) and len(r.system) > 1200 for r in tasks)
     assert 0.1 < sum(r.wants_json for r in tasks) / 120 < 0.4
     assert 0.15 < sum(r.batchable for r in tasks) / 120 < 0.45
     assert {r.difficulty for r in tasks if r.needs_reasoning} == {
@@ -43,6 +44,11 @@ def test_the_mix_has_every_family_shared_prompts_json_batch_reasoning_and_chats(
                if r.difficulty != DIFFICULTIES[r.family][-1])
     assert sorted(r.difficulty for r in chats) == [10, 10, 20, 20]
     assert all(r.messages[-1]["role"] == "user" and len(r.messages) > 20 for r in chats)
+
+
+def test_by_default_applications_send_the_zoos_own_instruction() -> None:
+    assert {r.system for r in generate_workload(BillMix()) if r.kind == "task"} == {
+        SYSTEM_PROMPT}
 
 
 def test_a_users_own_traffic_loads_from_jsonl(tmp_path) -> None:

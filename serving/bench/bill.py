@@ -9,8 +9,10 @@ How a request is sent with a lever on, and off (the naive deployment has every o
 - routing: `model="auto"`; off, the largest model (the cost account's baseline);
 - reasoning: effort from the request's needs (`high` on the hardest cells, else `none`);
   off, `high` on every request;
-- cache: the application's system prompt is sent as is, so the prefix is shared; off, a
-  request id goes first, so no two prompts share a prefix;
+- cache: an application's prefix and a chat's history are reused from vLLM's prefix
+  cache within the run (one `cache_salt`, vLLM's prefix-cache salt, per run, so no run
+  reads what an earlier run of the same texts left); off, every request has its own salt,
+  so nothing is reused and the text is unchanged;
 - structured: a JSON request carries `response_format` json_schema; off, it asks in words;
 - batch: the batchable share goes through /v1/files + /v1/batches; off, online;
 - compaction: long chats are compacted by the server; off, `frugal.compact: false`.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +49,7 @@ class Outcome(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     requests: int
+    refused: int = 0  # requests answered with an error (billed nothing)
     saved_by_lever: dict[str, float]
 
 
@@ -58,22 +62,32 @@ class RunTotals(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     requests: int
+    refused: int
     wall_s: float
     saved_by_lever: dict[str, float]
 
 
-def task_body(req: BillRequest, on: frozenset[str], baseline: str) -> dict[str, Any]:
-    """The chat request for one task with the levers `on`."""
-    system = req.system if "cache" in on else f"Request {req.id}. {req.system}"
+def cache_salt(run: str, on: frozenset[str], *parts: object) -> str:
+    """vLLM's `cache_salt`: one per run with the cache lever on (prefixes are reused
+    within the run, never from an earlier run of the same texts), one per request off."""
+    if "cache" in on:
+        return f"bill-{run}"
+    return "-".join(["bill", run, *map(str, parts), uuid.uuid4().hex])
+
+
+def task_body(req: BillRequest, on: frozenset[str], baseline: str,
+              run: str = "") -> dict[str, Any]:
+    """The chat request for one task with the levers `on`, in run `run`."""
     messages = [dict(m) for m in req.messages]
     if req.wants_json:
         messages[-1]["content"] += JSON_INSTRUCTION
     effort = ("high" if req.needs_reasoning else "none") if "reasoning" in on else "high"
     body: dict[str, Any] = {
         "model": "auto" if "routing" in on else baseline,
-        "messages": [{"role": "system", "content": system}, *messages],
+        "messages": [{"role": "system", "content": req.system}, *messages],
         "max_tokens": MAX_TOKENS, "temperature": 0, "reasoning_effort": effort,
     }
+    body["cache_salt"] = cache_salt(run, on, req.id)
     if req.wants_json and "structured" in on:
         body["response_format"] = {"type": "json_schema", "json_schema": {
             "name": "answer", "schema": JSON_SCHEMA, "strict": True}}
@@ -95,7 +109,8 @@ def graded(req: BillRequest, text: str | None) -> bool:
 def _outcome(req: BillRequest, data: dict[str, Any] | None, requests: int = 1) -> Outcome:
     if data is None:  # refused: costs nothing, and is wrong
         return Outcome(id=req.id, correct=False, cost_usd=0.0, prompt_tokens=0,
-                       completion_tokens=0, requests=requests, saved_by_lever={})
+                       completion_tokens=0, requests=requests, refused=requests,
+                       saved_by_lever={})
     usage = data.get("usage") or {}
     cost = usage.get("cost") or {}
     text = data["choices"][0]["message"].get("content")
@@ -111,17 +126,19 @@ async def _post(http: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]
 
 
 async def _chat(http: httpx.AsyncClient, req: BillRequest, on: frozenset[str],
-                chat_model: str) -> Outcome:
+                chat_model: str, user: str) -> Outcome:
     """Replay a chat turn by turn (the scripted replies); cost and tokens of every turn,
-    accuracy of the last."""
+    accuracy of the last. `user` scopes the server's note cache to this run, so each run
+    compacts its chats from a cold cache, as a new conversation would be."""
     users = [i for i, m in enumerate(req.messages) if m["role"] == "user"]
     total = Outcome(id=req.id, correct=False, cost_usd=0.0, prompt_tokens=0,
                     completion_tokens=0, requests=0, saved_by_lever={})
     for u in users:
         body: dict[str, Any] = {"model": chat_model, "messages": req.messages[: u + 1],
-                                "max_tokens": 4, "temperature": 0}
+                                "max_tokens": 4, "temperature": 0, "user": user}
         if "compaction" not in on:
             body["frugal"] = {"compact": False}
+        body["cache_salt"] = cache_salt(user, on, req.id, u)
         turn = _outcome(req, await _post(http, body))
         total = _add(total, turn)
         total.correct = turn.correct
@@ -134,7 +151,8 @@ def _add(a: Outcome, b: Outcome) -> Outcome:
     return Outcome(id=a.id, correct=a.correct and b.correct, cost_usd=a.cost_usd + b.cost_usd,
                    prompt_tokens=a.prompt_tokens + b.prompt_tokens,
                    completion_tokens=a.completion_tokens + b.completion_tokens,
-                   requests=a.requests + b.requests, saved_by_lever=levers)
+                   requests=a.requests + b.requests, refused=a.refused + b.refused,
+                   saved_by_lever=levers)
 
 
 def _batch(base_url: str, bodies: dict[str, dict[str, Any]], timeout_s: float
@@ -155,10 +173,12 @@ def _batch(base_url: str, bodies: dict[str, dict[str, Any]], timeout_s: float
 
 async def run_scenario(base_url: str, workload: list[BillRequest], on: frozenset[str],
                        baseline: str, chat_model: str, concurrency: int = 8,
-                       batch_timeout_s: float = 600) -> tuple[RunTotals, list[Outcome]]:
+                       batch_timeout_s: float = 600, label: str = ""
+                       ) -> tuple[RunTotals, list[Outcome]]:
     """The whole workload with the levers `on`; online requests `concurrency` at a time,
     the batchable share (batch on) as one batch submitted first."""
     started = time.perf_counter()
+    run = f"{label}-{uuid.uuid4().hex[:8]}"  # this run's caches start cold
     tasks = [r for r in workload if r.kind == "task"]
     batched = [r for r in tasks if r.batchable and "batch" in on]
     online = [r for r in workload if r not in batched]
@@ -168,13 +188,13 @@ async def run_scenario(base_url: str, workload: list[BillRequest], on: frozenset
         async def one(req: BillRequest) -> Outcome:
             async with gate:
                 if req.kind == "chat":
-                    return await _chat(http, req, on, chat_model)
-                return _outcome(req, await _post(http, task_body(req, on, baseline)))
+                    return await _chat(http, req, on, chat_model, run)
+                return _outcome(req, await _post(http, task_body(req, on, baseline, run)))
 
         pending = None
         if batched:
             pending = asyncio.to_thread(
-                _batch, base_url, {r.id: task_body(r, on, baseline) for r in batched},
+                _batch, base_url, {r.id: task_body(r, on, baseline, run) for r in batched},
                 batch_timeout_s)
         outcomes, answers = await asyncio.gather(
             asyncio.gather(*(one(r) for r in online)),
@@ -193,7 +213,8 @@ def totals(levers: list[str], outcomes: list[Outcome], wall_s: float) -> RunTota
         accuracy=sum(o.correct for o in outcomes) / max(len(outcomes), 1),
         prompt_tokens=sum(o.prompt_tokens for o in outcomes),
         completion_tokens=sum(o.completion_tokens for o in outcomes),
-        requests=sum(o.requests for o in outcomes), wall_s=wall_s, saved_by_lever=saved)
+        requests=sum(o.requests for o in outcomes), refused=sum(o.refused for o in outcomes),
+        wall_s=wall_s, saved_by_lever=saved)
 
 
 class BillReport(BaseModel):
@@ -216,10 +237,10 @@ async def run_bill(base_url: str, workload: list[BillRequest], baseline: str,
     plans |= {lever: frozenset(levers) - {lever} for lever in levers}
     for name, on in plans.items():
         result, _ = await run_scenario(base_url, workload, on, baseline, chat_model,
-                                       concurrency)
+                                       concurrency, label=name)
         runs[name] = result
         say(f"{name}: ${result.cost_usd:.6f}, accuracy {result.accuracy:.2f}, "
-            f"{result.requests} requests in {result.wall_s:.0f} s")
+            f"{result.requests} requests ({result.refused} refused) in {result.wall_s:.0f} s")
     naive, frugal = runs.pop("naive"), runs.pop("frugal")
     return BillReport(naive=naive, frugal=frugal,
                       ratio=naive.cost_usd / frugal.cost_usd if frugal.cost_usd else 0.0,

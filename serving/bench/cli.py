@@ -237,8 +237,8 @@ def bill(
     price_by: str = typer.Option("yaml", help="yaml: the server's prices; params: start a "
                                  "server from --config with size-proportional prices."),
     seed: int = typer.Option(1_000_002_501, min=1_000_000_000, help="A held-out seed."),
-    tasks: int = typer.Option(96, min=1, help="Single-turn task requests."),
-    chats: int = typer.Option(4, min=0, help="Multi-turn chats (10 and 20 turns)."),
+    tasks: int = typer.Option(288, min=1, help="Single-turn task requests."),
+    chats: int = typer.Option(8, min=0, help="Multi-turn chats (10 and 20 turns)."),
     workload: str = typer.Option("", help="Your own traffic: JSONL of BillRequest lines."),
     levers: str = typer.Option(",".join(("routing", "reasoning", "cache", "structured",
                                          "batch", "compaction")),
