@@ -50,7 +50,7 @@ def test_naive_and_frugal_are_billed_from_the_responses(server, workload, tmp_pa
                         by_lever={"batch": naive}, absent={"routing": "no scorecard"})
     assert lever_savings(report) == {"batch": pytest.approx(naive.cost_usd - frugal.cost_usd)}
     text = markdown(report, "frugal bench bill ...", "the server's own")
-    assert f"{report.ratio:.1f}x cheaper" in text and "- routing: no scorecard" in text
+    assert f"({report.ratio:.1f}x cheaper)" in text and "- routing: no scorecard" in text
     waterfall(report, tmp_path / "waterfall.png")
     assert (tmp_path / "waterfall.png").stat().st_size > 10_000
     publish(report, tmp_path / "bill.prom")

@@ -21,18 +21,20 @@ def lever_savings(report: BillReport) -> dict[str, float]:
 
 def markdown(report: BillReport, command: str, prices: str) -> str:
     naive, frugal = report.naive, report.frugal
+    kept = frugal.accuracy / naive.accuracy if naive.accuracy else 0.0
     rows = [
         "# The bill, measured", "",
         f"Command: `{command}`", "",
         f"Prices: {prices}. Every $ is the sum of the responses' own `usage.cost.total_usd` "
         "(batch results at their discount).", "",
-        f"**frugal is {report.ratio:.1f}x cheaper than naive** "
-        f"(${frugal.cost_usd:.6f} against ${naive.cost_usd:.6f}) at "
-        f"{frugal.accuracy / naive.accuracy if naive.accuracy else 0:.0%} of its accuracy "
-        f"({frugal.accuracy:.2f} against {naive.accuracy:.2f}).", "",
+        f"**frugal costs {1 / report.ratio if report.ratio else 0:.3f}x naive "
+        f"({report.ratio:.1f}x cheaper)**: ${frugal.cost_usd:.6f} against "
+        f"${naive.cost_usd:.6f}, at {kept:.0%} of its accuracy ({frugal.accuracy:.2f} "
+        f"against {naive.accuracy:.2f}). Target: 10x cheaper at 95% of the accuracy: "
+        f"{'met' if report.ratio >= 10 and kept >= 0.95 else 'missed'}.", "",
         "| run | levers on | $ | x naive | accuracy | input tokens | output tokens | "
-        "requests | wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "requests | refused | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     runs = {"naive": naive, "frugal": frugal,
             **{f"frugal - {k}": v for k, v in report.by_lever.items()}}
@@ -40,7 +42,8 @@ def markdown(report: BillReport, command: str, prices: str) -> str:
         share = run.cost_usd / naive.cost_usd if naive.cost_usd else 0.0
         rows.append(f"| {name} | {', '.join(run.levers) or '-'} | {run.cost_usd:.6f} | "
                     f"{share:.3f} | {run.accuracy:.2f} | {run.prompt_tokens} | "
-                    f"{run.completion_tokens} | {run.requests} | {run.wall_s:.0f} |")
+                    f"{run.completion_tokens} | {run.requests} | {run.refused} | "
+                    f"{run.wall_s:.0f} |")
     savings = lever_savings(report)
     rows += ["", "## Each lever's share of the saving", "",
              "Measured: the frugal bill with that lever alone turned off, minus the frugal "
