@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from serving.compaction.counter import PromptCounter
-from serving.compaction.format import NOTE_HEADER, PREVIOUS_NOTES, transcript
+from serving.compaction.format import NOTE_HEADER, transcript
 from serving.compaction.notes import NoteCache
 from serving.compaction.plan import Compactor, fact_sentences
 from serving.config import CompactionSettings, FrugalConfig, Price
@@ -44,15 +44,9 @@ class ScriptedSummariser:
         self.requests.append(messages)
         if self.fail is not None:
             raise self.fail
-        text = messages[-1]["content"]
-        previous = ""
-        if text.startswith(PREVIOUS_NOTES):
-            lines = text.removeprefix(PREVIOUS_NOTES).split("\n")
-            cut = next(i for i, line in enumerate(lines) if line.startswith("user: "))
-            previous, text = "\n".join(lines[:cut]), "\n".join(lines[cut:])
         turns = [{"role": "user", "content": line.removeprefix("user: ")}
-                 for line in text.split("\n") if line.startswith("user: ")]
-        return "\n".join(filter(None, [previous, note_for(turns)]))
+                 for line in messages[-1]["content"].split("\n") if line.startswith("user: ")]
+        return note_for(turns)
 
 
 def kept_facts(messages: list[dict[str, str]]) -> set[str]:
@@ -131,6 +125,18 @@ def test_the_next_turn_reuses_the_cached_note_with_identical_bytes(counter) -> N
     assert second.method == "cached" and summariser.requests == []
     assert second.messages[0] == first.messages[0]  # the prefix cache keeps hitting
     assert second.messages[: len(first.messages)] == first.messages[:1] + messages[-5:]
+
+
+def test_notes_are_not_shared_across_scopes(counter) -> None:
+    """Another key's or `user`'s identical chat summarises for itself."""
+    _, messages = chat(40)
+    notes = NoteCache(None)
+    compactor = Compactor(counter, notes)
+    for scope, expected in (("key-a\nalice", "summary"), ("key-a\nalice", "cached"),
+                            ("key-b\nalice", "summary"), ("key-a\nbob", "summary")):
+        result = asyncio.run(compactor.compact("small", messages, settings(),
+                                               ScriptedSummariser(), scope=scope))
+        assert result.method == expected, scope
 
 
 def test_a_growing_chat_appends_to_its_note_instead_of_starting_over(counter) -> None:

@@ -50,6 +50,8 @@ class Outcome(BaseModel):
     completion_tokens: int
     requests: int
     refused: int = 0  # requests answered with an error (billed nothing)
+    cached_tokens: int = 0
+    compaction_usd: float = 0.0
     saved_by_lever: dict[str, float]
 
 
@@ -61,6 +63,8 @@ class RunTotals(BaseModel):
     accuracy: float
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int
+    compaction_usd: float
     requests: int
     refused: int
     wall_s: float
@@ -114,9 +118,12 @@ def _outcome(req: BillRequest, data: dict[str, Any] | None, requests: int = 1) -
     usage = data.get("usage") or {}
     cost = usage.get("cost") or {}
     text = data["choices"][0]["message"].get("content")
+    details = usage.get("prompt_tokens_details") or {}
     return Outcome(id=req.id, correct=graded(req, text), cost_usd=cost.get("total_usd", 0.0),
                    prompt_tokens=usage.get("prompt_tokens", 0),
                    completion_tokens=usage.get("completion_tokens", 0), requests=requests,
+                   cached_tokens=details.get("cached_tokens") or 0,
+                   compaction_usd=cost.get("compaction_usd", 0.0),
                    saved_by_lever=cost.get("saved_by_lever") or {})
 
 
@@ -152,6 +159,8 @@ def _add(a: Outcome, b: Outcome) -> Outcome:
                    prompt_tokens=a.prompt_tokens + b.prompt_tokens,
                    completion_tokens=a.completion_tokens + b.completion_tokens,
                    requests=a.requests + b.requests, refused=a.refused + b.refused,
+                   cached_tokens=a.cached_tokens + b.cached_tokens,
+                   compaction_usd=a.compaction_usd + b.compaction_usd,
                    saved_by_lever=levers)
 
 
@@ -213,6 +222,8 @@ def totals(levers: list[str], outcomes: list[Outcome], wall_s: float) -> RunTota
         accuracy=sum(o.correct for o in outcomes) / max(len(outcomes), 1),
         prompt_tokens=sum(o.prompt_tokens for o in outcomes),
         completion_tokens=sum(o.completion_tokens for o in outcomes),
+        cached_tokens=sum(o.cached_tokens for o in outcomes),
+        compaction_usd=sum(o.compaction_usd for o in outcomes),
         requests=sum(o.requests for o in outcomes), refused=sum(o.refused for o in outcomes),
         wall_s=wall_s, saved_by_lever=saved)
 

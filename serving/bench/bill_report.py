@@ -32,9 +32,9 @@ def markdown(report: BillReport, command: str, prices: str) -> str:
         f"${naive.cost_usd:.6f}, at {kept:.0%} of its accuracy ({frugal.accuracy:.2f} "
         f"against {naive.accuracy:.2f}). Target: 10x cheaper at 95% of the accuracy: "
         f"{'met' if report.ratio >= 10 and kept >= 0.95 else 'missed'}.", "",
-        "| run | levers on | $ | x naive | accuracy | input tokens | output tokens | "
-        "requests | refused | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | levers on | $ | x naive | accuracy | input tokens | cached | output tokens "
+        "| summariser $ | requests | refused | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     runs = {"naive": naive, "frugal": frugal,
             **{f"frugal - {k}": v for k, v in report.by_lever.items()}}
@@ -42,7 +42,8 @@ def markdown(report: BillReport, command: str, prices: str) -> str:
         share = run.cost_usd / naive.cost_usd if naive.cost_usd else 0.0
         rows.append(f"| {name} | {', '.join(run.levers) or '-'} | {run.cost_usd:.6f} | "
                     f"{share:.3f} | {run.accuracy:.2f} | {run.prompt_tokens} | "
-                    f"{run.completion_tokens} | {run.requests} | {run.refused} | "
+                    f"{run.cached_tokens} | {run.completion_tokens} | "
+                    f"{run.compaction_usd:.6f} | {run.requests} | {run.refused} | "
                     f"{run.wall_s:.0f} |")
     savings = lever_savings(report)
     rows += ["", "## Each lever's share of the saving", "",

@@ -9,7 +9,6 @@ DEFAULT_SUMMARY_PROMPT = (
     "Write short notes of the chat so far. Keep every name and number; drop the rest."
 )
 NOTE_HEADER = "Notes from earlier in this chat:\n"
-PREVIOUS_NOTES = "Notes:\n"
 
 
 def transcript(messages: list[dict[str, str]]) -> str:
@@ -17,13 +16,12 @@ def transcript(messages: list[dict[str, str]]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def summary_messages(prompt: str, previous_note: str,
-                     messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The summariser's request: fold `messages` into `previous_note` (may be empty), so
-    extending a cached note and writing a first one are the same request."""
-    head = f"{PREVIOUS_NOTES}{previous_note}\n" if previous_note else ""
+def summary_messages(prompt: str, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The summariser's request: the notes of `messages` alone. The planner appends them
+    to the note it has (notes are append-only), so a first note and an extension are the
+    same request."""
     return [{"role": "system", "content": prompt},
-            {"role": "user", "content": head + transcript(messages)}]
+            {"role": "user", "content": transcript(messages)}]
 
 
 def with_note(system: str | None, note: str) -> dict[str, str]:

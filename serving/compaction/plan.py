@@ -96,8 +96,9 @@ class Compactor:
         self.notes = notes
 
     async def compact(self, model: str, messages: Messages, settings: CompactionSettings,
-                      summarise: Summarise | None) -> Compaction | None:
-        """The compacted chat, or None when it already fits (or nothing older exists)."""
+                      summarise: Summarise | None, scope: str = "") -> Compaction | None:
+        """The compacted chat, or None when it already fits (or nothing older exists).
+        Cached notes are shared only among requests of the same `scope`."""
         original = await self.counter.chat(model, messages)
         if original <= settings.budget_tokens:
             return None
@@ -119,7 +120,7 @@ class Compactor:
         if summarise is not None:
             try:
                 return await self._summarised(model, head, body, bounds, settings,
-                                              summarise, original)
+                                              summarise, original, scope)
             except Exception as exc:  # the request must not fail because of compaction
                 reason = _reason(exc)
                 logger.warning("summariser failed for %s (%s): using %s", model, reason,
@@ -134,8 +135,8 @@ class Compactor:
 
     async def _summarised(self, model: str, head: Messages, body: Messages, bounds: list[int],
                           settings: CompactionSettings, summarise: Summarise,
-                          original: int) -> Compaction:
-        namespace = f"{settings.summariser}\n{settings.summary_prompt}"
+                          original: int, scope: str) -> Compaction:
+        namespace = f"{scope}\n{settings.summariser}\n{settings.summary_prompt}"
         keys = _prefix_keys(namespace, head, body, bounds)
         cached = await self.notes.longest(keys)
         if cached is not None:
@@ -151,7 +152,7 @@ class Compactor:
             # stay as they were, so an error is never copied forward and the note's
             # bytes (and vLLM's prefix cache of them) stay stable as it grows.
             lines = (await summarise(summary_messages(
-                settings.summary_prompt, "", body[start:end]))).strip()
+                settings.summary_prompt, body[start:end]))).strip()
             note = "\n".join(part for part in (note, lines) if part)
             calls += 1
             await self.notes.put(keys[bounds.index(end)], note)

@@ -73,7 +73,11 @@ class CompactionLever(Lever):
         if messages is None:
             return
         summarise = self._summariser(ctx, settings) if settings.summariser else None
-        result = await self.compactor.compact(ctx.model, messages, settings, summarise)
+        # Notes are shared only within one key and one `user`: another tenant's identical
+        # chat never reads this one's note.
+        scope = f"{ctx.tenant.id if ctx.tenant else ''}\n{getattr(ctx.request, 'user', None) or ''}"
+        result = await self.compactor.compact(ctx.model, messages, settings, summarise,
+                                              scope=scope)
         if result is None:
             return
         ctx.compaction = result

@@ -11,7 +11,7 @@ The compact note (what the zoo's summariser is trained to write, `note_for`) kee
 line per fact, `NAME SCORE`, the ranking family's record format; the `facts` fallback of
 the lever keeps the fact sentences themselves. The summariser is asked in the one
 request format of `serving.compaction.format.summary_messages`: the summary prompt,
-then the previous note (when extending one) and the transcript of the turns to fold in.
+then the transcript of the turns to note (the lever appends their lines to its note).
 
 Difficulty is the number of turns before the question (5 to 40). At about 40 tokens a
 turn, 20 turns fit the zoo's 1,024-token context and 40 do not: uncompacted, those are

@@ -4,8 +4,9 @@ One model learns both sides of compaction:
 - answering a chat from its full history, or from a compacted one: a system message
   carrying the note (`NAME SCORE` lines as the summariser writes them, or the fact
   sentences as the `facts` fallback keeps them), then the last few turns verbatim;
-- writing the note: from the summary prompt, an optional previous note and a transcript,
-  the note of everything so far (so extending a cached note is the same skill).
+- writing the note: from the summary prompt and the transcript of a stretch of turns
+  (from the chat's start or from its middle), the note of that stretch alone (the lever
+  appends it to the note it has: notes are append-only).
 Intermediate turns are answered with a short acknowledgement, so a replayed chat costs a
 few output tokens per turn, as a chat client's would.
 """
@@ -25,8 +26,8 @@ COMPACT_MAX_TURNS = 40
 MAX_KEPT_TURNS = 4
 MAX_SUMMARY_TURNS = 12
 # Kinds of example and their shares.
-# Writing the note is the hardest part (copying each name and score exactly, extending
-# a previous note): 2,000 steps at a 0.28 share wrote 60% of notes exactly.
+# Writing the note is the hardest part (copying each name and score exactly): 2,000
+# steps at a 0.28 share wrote 60% of notes exactly (when notes were rewritten whole).
 KINDS: dict[str, float] = {"full": 0.3, "note": 0.2, "facts": 0.1, "summary": 0.4}
 
 
@@ -44,13 +45,11 @@ def chat_example(rng: random.Random) -> tuple[list[int], list[int]]:
     messages, best, _ = chat_turns(rng, turns)
     system = SYSTEM_PROMPT if rng.random() < 0.2 else None
     if kind == "summary":
-        # Fold turns [start, end) into the note of turns [0, start) (empty when 0).
+        # The note of turns [start, end), from the chat's start or from its middle.
         end = rng.randint(1, turns)
         start = rng.randint(max(0, end - MAX_SUMMARY_TURNS), end - 1)
-        start, end = 2 * start, 2 * end
-        prompt = summary_messages(SUMMARY_PROMPT, note_for(messages[:start]),
-                                  messages[start:end])
-        return example_from(prompt, note_for(messages[:end]))
+        stretch = messages[2 * start:2 * end]
+        return example_from(summary_messages(SUMMARY_PROMPT, stretch), note_for(stretch))
     if kind == "full" and rng.random() < 0.15:  # an intermediate turn: acknowledge it
         cut = 2 * rng.randrange(turns) + 1
         head = [{"role": "system", "content": system}] if system else []
