@@ -231,3 +231,31 @@ def test_the_bill_of_a_compacted_request_counts_the_summariser() -> None:
     assert bill.saved_by_lever["compaction"] == pytest.approx(1000e-6 - summary.total_usd)
     assert sum(bill.saved_by_lever.values()) == pytest.approx(bill.saved_usd)
     assert bill.saved_usd == pytest.approx(bill.baseline_usd - bill.total_usd)
+
+
+def test_the_summariser_call_carries_the_requests_cache_salt() -> None:
+    """A client that salts its prefix cache (vLLM's `cache_salt`) gets its summaries
+    salted too (a fake engine call: only the request the lever builds is checked)."""
+    from types import SimpleNamespace
+
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    from serving.levers.compaction import CompactionLever
+    from serving.pipeline.context import Endpoint, RequestContext
+
+    sent = []
+
+    async def call_engine(ctx, request):
+        sent.append(request)
+        message = SimpleNamespace(content="A 12")
+        return SimpleNamespace(choices=[SimpleNamespace(message=message,
+                                                         finish_reason="stop")])
+
+    lever = CompactionLever(config(), Compactor(PromptCounter(config()), NoteCache(None)))
+    for salt in ("tenant-a", None):
+        request = ChatCompletionRequest(model="small", cache_salt=salt,
+                                        messages=[{"role": "user", "content": "hi"}])
+        ctx = RequestContext(endpoint=Endpoint.CHAT, request=request, call_engine=call_engine)
+        summarise = lever._summariser(ctx, settings())
+        assert asyncio.run(summarise([{"role": "user", "content": "A has 12."}])) == "A 12"
+        assert sent[-1].cache_salt == salt and sent[-1].model == "small"

@@ -97,9 +97,12 @@ class CompactionLever(Lever):
             from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
             assert ctx.call_engine is not None and settings.summariser is not None
+            # The caller's cache_salt goes with it: a client that isolates its prefix
+            # cache (vLLM's per-request salt) gets its summaries isolated too.
             request = ChatCompletionRequest(
                 model=settings.summariser, messages=messages, temperature=0.0,
-                max_completion_tokens=settings.summariser_max_tokens)
+                max_completion_tokens=settings.summariser_max_tokens,
+                cache_salt=getattr(ctx.request, "cache_salt", None))
             first = len(ctx.calls)
             try:
                 result = await asyncio.wait_for(ctx.call_engine(ctx, request),
