@@ -19,7 +19,7 @@ from serving.evaluation.items import Checker, EvalItem, grade
 from serving.pricing import Throughput
 from serving.router.features import DIM, HASH_DIM, featurize, word_shape
 from serving.router.predictor import Predictor, auc, scorecard_id, train_predictor
-from serving.router.runtime import Router, validate_min_quality
+from serving.router.runtime import Router, cheapest_first, validate_min_quality
 from serving.router.scorecard import (
     ItemResult,
     ModelCard,
@@ -423,3 +423,45 @@ def test_route_bench_refuses_to_report_an_unreachable_endpoint(tmp_path: Path) -
     assert result.exit_code == 1, result.output
     assert "failed" in result.output and "nothing written" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_merged_scorecard_keeps_the_other_models_cards_cheapest_first() -> None:
+    """`frugal bench eval --models NEW --merge`: the new model is scored, the others'
+    cards come from the earlier scorecard, and the order is by price again."""
+    from serving.bench.eval import build_scorecard
+    from serving.config import FrugalConfig
+
+    old = synthetic_scorecard(n_per_cell=4)
+    config = FrugalConfig.model_validate({"models": [
+        {"model_loading_config": {"model_id": m, "model_source": m},
+         "frugal": {"price": PRICES[m].model_dump()}} for m in MODELS]})
+    items = mixed_suite(4, 11)
+    rescored = old.models["mid"].score
+    merged = build_scorecard(config, {"mid": rescored}, items, suite="synthetic",
+                             keep={m: old.models[m] for m in ("big", "tiny")})
+    assert list(merged.models) == ["tiny", "mid", "big"]
+    assert merged.models["big"] == old.models["big"]
+    assert merged.models["mid"].score == rescored
+
+
+def test_a_request_that_asks_for_thinking_is_routed_among_the_thinking_cells() -> None:
+    """mid answers everything when it thinks (its `mid@high` cell), big without: a hard
+    request at effort high goes to mid, the same request without thinking to big."""
+    plain = synthetic_scorecard(n_per_cell=20)
+    big = plain.models["big"]
+    thinking = big.model_copy(update={"price": PRICES["mid"], "score": big.score.model_copy(
+        update={"model": "mid", "think": True,
+                "completion_tokens": big.score.completion_tokens * 3})})
+    cards = {**plain.models, "mid@high": thinking}
+    scorecard = plain.model_copy(update={"models": cards})
+    predictor = train_predictor(scorecard)
+    order = cheapest_first(scorecard, PRICES, set(cards))
+    router = Router(predictor, order, default_min_quality=0.9, prices=PRICES)
+    hard = next(i for i in mixed_suite(2, 5) if i.difficulty == DIFFICULTIES[i.family][-1])
+
+    routed = router.choose(hard.messages, None, effort="high")
+    assert (routed.model, routed.cell) == ("mid", "mid@high")
+    assert routed.candidates == ["mid@high"] and routed.header().startswith("mid@high;")
+    assert router.choose(hard.messages, None).model == "big"
+    assert router.choose(hard.messages, None, effort="low").candidates == [
+        m for m in order if "@" not in m]  # no cells at low: the models without thinking

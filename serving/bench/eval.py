@@ -21,7 +21,7 @@ from pathlib import Path
 from serving.config import FrugalConfig
 from serving.evaluation.items import EvalItem, TaskItem
 from serving.pricing import price_table
-from serving.router.scorecard import ModelCard, ModelScore, Scorecard
+from serving.router.scorecard import ModelCard, ModelScore, Scorecard, base_model
 
 __all__ = ["build_scorecard", "model_hash", "suite_hash"]
 
@@ -62,23 +62,29 @@ def build_scorecard(
     *,
     suite: str,
     seed: int | None = None,
+    keep: dict[str, ModelCard] | None = None,
 ) -> Scorecard:
-    """Price every scored model and assemble the scorecard, models cheapest first."""
-    measured = {m: s.throughput for m, s in scores.items() if s.throughput is not None}
+    """Price every scored model and assemble the scorecard, models cheapest first.
+    `keep`: cards of models not scored this time, from an earlier scorecard of the same
+    suite (`frugal bench eval --models NEW --merge`)."""
+    # A cell (MODEL@high) is priced as its model (measured now, else its kept card's
+    # price); its thinking tokens make its items dearer.
+    measured = {m: s.throughput for m, s in scores.items()
+                if s.throughput is not None and m == base_model(m)}
     prices = price_table(config, measured)
+    kept_prices = {m: card.price for m, card in (keep or {}).items()}
     cards = {}
     for model, score in scores.items():
-        model_config = config.model(model)
-        source = (
-            "list"
-            if model_config.frugal.price is not None
-            else "derived"
-            if model in measured
-            else "default"
-        )
+        base = base_model(model)
+        model_config = config.model(base)
+        listed = model_config.frugal.price is not None
+        known = listed or base in measured
+        price = prices[base] if known else kept_prices.get(base, prices[base])
+        source = ("list" if listed else "derived" if known or base in kept_prices
+                  else "default")
         cards[model] = ModelCard(
             model_hash=model_hash(model_config.model_loading_config.model_source),
-            price=prices[model],
+            price=price,
             price_source=source,
             score=score,
         )
@@ -91,6 +97,7 @@ def build_scorecard(
             + card.score.completion_tokens * card.price.output_per_million
         ) / n
 
+    cards = {**(keep or {}), **cards}
     ordered = dict(sorted(cards.items(), key=lambda kv: mean_item_cost(kv[0])))
     eval_items = [
         EvalItem.model_validate({**item.model_dump(exclude={"scratchpad"}), "scratchpad": ""})

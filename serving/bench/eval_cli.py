@@ -81,7 +81,9 @@ def eval_command(
     seed: int | None = typer.Option(None, help="Demo suite seed (default: EVAL_SEED)."),
     models: str | None = typer.Option(None, help="Comma-separated subset of the YAML's models."),
     concurrency: int = typer.Option(16, help="Requests in flight per model."),
-    think: bool = typer.Option(False, help="Evaluate with reasoning_effort=high."),
+    think: bool = typer.Option(False, help="Evaluate with reasoning_effort=high; the cards "
+                               "are the models' `@high` cells (MODEL@high), which "
+                               "model='auto' uses for requests that ask for high effort."),
     out: Path | None = typer.Option(
         None, help="Scorecard JSON (default: the YAML's router.scorecard, else "
         "router/scorecard.json beside the YAML)."
@@ -90,11 +92,16 @@ def eval_command(
     train_router: bool = typer.Option(
         True, help="Retrain the router predictor named in the YAML from the new scorecard."
     ),
+    merge: bool = typer.Option(
+        False, help="Keep the other models' cards of the existing --out scorecard (it must "
+        "be of the same suite): add one model without scoring the rest again."
+    ),
 ) -> None:
     """Score every model of the YAML through the running endpoint; write the scorecard."""
     from serving.bench.eval import build_scorecard
     from serving.bench.plots import plot_scorecard
     from serving.evaluation.items import load_user_items
+    from serving.router.scorecard import cell_id
     from serving.zoo.tasks import EVAL_SEED, mixed_suite
 
     config = _load(config_path)
@@ -110,12 +117,16 @@ def eval_command(
     if unknown:
         console.print(f"[red]not in {config_path}: {', '.join(unknown)}[/red]")
         raise typer.Exit(2)
+    # Router data lives beside the YAML that names it (deployments/router/ for the shipped one).
+    out = out or Path(config.router.scorecard or config_path.parent / "router" / "scorecard.json")
+    cells = [cell_id(m, "high") if think else m for m in chosen]
+    keep = _kept_cards(out, items, cells, config) if merge else None
     url = _base_url(config, base_url)
     console.print(f"scoring {len(chosen)} models on {len(items)} items via {url}")
     scores = asyncio.run(_score_all(url, chosen, items, concurrency, think, True))
-    scorecard = build_scorecard(config, scores, items, suite=suite_name, seed=seed)
-    # Router data lives beside the YAML that names it (deployments/router/ for the shipped one).
-    out = out or Path(config.router.scorecard or config_path.parent / "router" / "scorecard.json")
+    if think:
+        scores = {cell_id(model, "high"): score for model, score in scores.items()}
+    scorecard = build_scorecard(config, scores, items, suite=suite_name, seed=seed, keep=keep)
     scorecard.save(out)
     pngs = plot_scorecard(scorecard, plots or out.parent)
     _print_scorecard(scorecard)
@@ -126,6 +137,25 @@ def eval_command(
         predictor = train_predictor(scorecard)
         predictor.save(config.router.predictor)
         console.print(f"retrained the router predictor: {config.router.predictor}")
+
+
+def _kept_cards(path: Path, items: list[Any], chosen: list[str], config: Any) -> dict[str, Any]:
+    """The existing scorecard's cards of the served models not scored now; exit 2 when it
+    is missing or of another suite (its scores would not be comparable)."""
+    from serving.bench.eval import suite_hash
+    from serving.router.scorecard import Scorecard, base_model
+
+    if not path.exists():
+        console.print(f"[red]--merge: no scorecard at {path}[/red]")
+        raise typer.Exit(2)
+    old = Scorecard.load(path)
+    if old.suite_hash != suite_hash(items):
+        console.print(f"[red]--merge: {path} is of another suite ({old.suite}); use the "
+                      "same --suite/--per-cell/--seed[/red]")
+        raise typer.Exit(2)
+    served = {m.model_id for m in config.models}
+    return {m: card for m, card in old.models.items()
+            if m not in chosen and base_model(m) in served}
 
 
 def _print_scorecard(scorecard: Any) -> None:

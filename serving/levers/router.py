@@ -3,8 +3,10 @@ enough (`serving.router.runtime` holds the policy; this is its place in the chai
 
 The quality target is the request's `extra_body.frugal.min_quality`, else the caller's
 key target (`frugal keys create --min-quality`, set by the tenant lever), else
-`router.min_quality`. A request naming a
-model goes to that model untouched. The decision is in `x-frugal-route`.
+`router.min_quality`. A request with `reasoning_effort` low/medium/high is routed among
+the scorecard's cells measured at that effort, where it has them (docs/router.md). A
+request naming a model goes to that model untouched. The decision is in
+`x-frugal-route`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from serving.config import ModelConfig
 from serving.errors import APIError
+from serving.levers.reasoning import EFFORT_LEVELS
 from serving.pipeline.context import RequestContext
 from serving.pipeline.lever import Lever
 from serving.router.runtime import Router
@@ -32,6 +35,12 @@ def route_messages(request: Any) -> list[dict[str, str]]:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         plain.append({"role": str(message.get("role", "user")), "content": content or ""})
     return plain
+
+
+def effort_level(request: Any) -> str | None:
+    """The thinking level the request asked for with `reasoning_effort` (low, medium or
+    high, vLLM's other values mapped onto them), None for none or unset."""
+    return EFFORT_LEVELS.get(getattr(request, "reasoning_effort", None) or "")
 
 
 class RouterLever(Lever):
@@ -58,7 +67,8 @@ class RouterLever(Lever):
             ctx.min_quality = requested
         elif ctx.min_quality is None:  # no key target either
             ctx.min_quality = self.router.default_min_quality
-        ctx.route = self.router.choose(route_messages(ctx.request), ctx.min_quality)
+        ctx.route = self.router.choose(route_messages(ctx.request), ctx.min_quality,
+                                       effort_level(ctx.request))
         ctx.model = ctx.route.model
         ctx.response_headers["x-frugal-route"] = ctx.route.header()
 

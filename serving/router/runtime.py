@@ -8,7 +8,8 @@ The gateway's contract (it composes; the policy lives here):
   it takes for `auto` to use it.
 - `router.validate_min_quality(value)` on the request's `extra_body.frugal.min_quality`
   (ValueError -> 400); a key's own target comes from its record (serving.tenants).
-- `router.choose(messages, min_quality)` -> `RouteDecision` (pure, well under 5 ms).
+- `router.choose(messages, min_quality, effort)` -> `RouteDecision` (pure, well under
+  5 ms); `effort` is the request's reasoning effort level, None without thinking.
 - call `decision.model` (with `logprobs=True` when `router.cascade`), then
   `router.escalation(decision, answered_by, answer_logprobs)` -> a larger model to retry
   on, or None. Bill both calls; the response's `model` is the one that answered; the
@@ -21,6 +22,11 @@ predicted success meets the target. If none does, the cheapest of those within
 even the best prediction is below `hopeless_below` (every model is more likely wrong than
 right), the cheapest model: paying the largest model's price for an answer that is
 probably wrong anyway is the costliest way to fail.
+
+Effort: a request that asks for thinking (`reasoning_effort` low/medium/high) is routed
+among the scorecard's cells measured at that effort (`MODEL@high`, from `frugal bench
+eval --think`), since a model that thinks answers differently; without such cells, and
+for requests without thinking, among the models measured without it.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from pydantic import BaseModel
 
 from serving.config import FrugalConfig, Price
 from serving.router.predictor import Predictor, scorecard_id, train_predictor
-from serving.router.scorecard import Scorecard
+from serving.router.scorecard import Scorecard, base_model, cell_effort
 
 logger = logging.getLogger("frugal.router")
 
@@ -42,17 +48,19 @@ TIE_MARGIN = 0.02
 
 
 class RouteDecision(BaseModel):
-    """What `auto` chose and why; `predicted` is P(correct) per candidate model."""
+    """What `auto` chose and why; `predicted` is P(correct) per candidate (a model, or a
+    cell `MODEL@EFFORT` when the request asked for thinking)."""
 
-    model: str
+    model: str  # the served model to call
     reason: str
     predicted: dict[str, float]
     candidates: list[str]  # cheapest first
     min_quality: float = 0.0
+    cell: str = ""  # the scorecard key chosen (the model, or MODEL@EFFORT)
 
     def header(self, escalated_to: str | None = None) -> str:
         """The `x-frugal-route` header value (ASCII, one line)."""
-        value = f"{self.model}; target={self.min_quality:.3f}; {self.reason}"
+        value = f"{self.cell or self.model}; target={self.min_quality:.3f}; {self.reason}"
         if escalated_to is not None:
             value += f"; escalated to {escalated_to} (low confidence)"
         return value
@@ -87,6 +95,10 @@ class Router:
             raise ValueError(f"no predictions for candidate models {unknown or candidates}")
         self.predictor = predictor
         self.candidates = list(candidates)
+        # Candidates per effort they were measured at (None: without thinking).
+        self.by_effort: dict[str | None, list[str]] = {}
+        for key in self.candidates:
+            self.by_effort.setdefault(cell_effort(key), []).append(key)
         self.default_min_quality = default_min_quality
         self.cascade = cascade
         self.escalate_below = escalate_below
@@ -99,7 +111,7 @@ class Router:
     def load(cls, config: FrugalConfig) -> Router | None:
         """The router the YAML describes, or None when `auto` is off or untrained."""
         from serving.pricing import price_table
-        from serving.router.scorecard import Scorecard
+        from serving.router.scorecard import Scorecard, base_model
 
         settings = config.router
         if not settings.enabled or settings.scorecard is None:
@@ -121,13 +133,14 @@ class Router:
             predictor = train_predictor(scorecard)
             logger.info("trained the router predictor in %.1fs", time.perf_counter() - started)
         served = {m.model_id for m in config.models}
+        served_keys = {k for k in predictor.models if base_model(k) in served}
         measured = {
             m: card.score.throughput
             for m, card in scorecard.models.items()
             if card.score.throughput is not None
         }
         prices = price_table(config, measured)
-        candidates = cheapest_first(scorecard, prices, served & set(predictor.models))
+        candidates = cheapest_first(scorecard, prices, served_keys)
         if not candidates:
             logger.warning("no served model is in the router scorecard: model='auto' is off")
             return None
@@ -145,36 +158,49 @@ class Router:
 
     validate_min_quality = staticmethod(validate_min_quality)
 
+    def candidates_for(self, effort: str | None) -> list[str]:
+        """The candidates a request at `effort` is routed among: the cells measured at
+        that effort; without such cells (or without thinking), the models as measured
+        without thinking."""
+        if effort is not None and effort in self.by_effort:
+            return self.by_effort[effort]
+        return self.by_effort.get(None) or self.candidates
+
     def choose(
-        self, messages: list[dict[str, str]], min_quality: float | None
+        self, messages: list[dict[str, str]], min_quality: float | None,
+        effort: str | None = None,
     ) -> RouteDecision:
+        """`effort`: the reasoning effort the request asked for (low/medium/high), which
+        constrains the choice to cells measured at it (`candidates_for`)."""
         target = self.default_min_quality if min_quality is None else min_quality
+        candidates = self.candidates_for(effort)
         all_predicted = self.predictor.predict(messages)
-        predicted = {m: round(all_predicted[m], 4) for m in self.candidates}
-        for model in self.candidates:
+        predicted = {m: round(all_predicted[m], 4) for m in candidates}
+        for model in candidates:
             if predicted[model] >= target:
                 reason = f"cheapest with predicted {predicted[model]:.3f} >= {target:.3f}"
                 return self._decision(model, reason, predicted, target)
         best = max(predicted.values())
         if best < self.hopeless_below:
-            model = self.candidates[0]
+            model = candidates[0]
             reason = (
                 f"none predicted >= {target:.3f}; best predicted {best:.3f} < "
                 f"{self.hopeless_below:.2f}: cheapest"
             )
             return self._decision(model, reason, predicted, target)
-        model = next(m for m in self.candidates if predicted[m] >= best - TIE_MARGIN)
+        model = next(m for m in candidates if predicted[m] >= best - TIE_MARGIN)
         reason = f"none predicted >= {target:.3f}; best predicted {predicted[model]:.3f}"
         return self._decision(model, reason, predicted, target)
 
     def _decision(
-        self, model: str, reason: str, predicted: dict[str, float], target: float
+        self, cell: str, reason: str, predicted: dict[str, float], target: float
     ) -> RouteDecision:
         return RouteDecision(
-            model=model,
+            model=base_model(cell),
+            cell=cell,
             reason=reason,
             predicted=predicted,
-            candidates=self.candidates,
+            candidates=list(predicted),
             min_quality=target,
         )
 
@@ -192,28 +218,31 @@ class Router:
         the logprobs). Otherwise the answer's confidence, P(correct | its logprobs), is
         compared with `escalate_below` (default: the request's quality target). The
         retry goes to the cheapest larger model predicted to meet the target, else the
-        larger model with the best prediction.
+        larger model with the best prediction. The candidates are the decision's (cells at
+        the request's effort, when it asked for thinking); the answer is a model id.
         """
-        if not self.cascade or answered_by not in decision.candidates:
+        keys = decision.candidates
+        answered = next((k for k in keys if base_model(k) == answered_by), None)
+        if not self.cascade or answered is None:
             return None
-        larger = decision.candidates[decision.candidates.index(answered_by) + 1 :]
+        larger = keys[keys.index(answered) + 1 :]
         if not larger:
             return None
         if checked is None:
             if logprobs is None:
                 return None
-            confidence = self.predictor.confidence(answered_by, logprobs)
+            confidence = self.predictor.confidence(answered, logprobs)
             threshold = self.escalate_below or decision.min_quality
             if confidence is None or confidence >= threshold:
                 return None
         elif checked:
             return None
         predicted = decision.predicted
-        for model in larger:
-            if predicted.get(model, 0.0) >= decision.min_quality:
-                return model
+        for key in larger:
+            if predicted.get(key, 0.0) >= decision.min_quality:
+                return base_model(key)
         best = max(predicted.get(m, 0.0) for m in larger)
-        return next(m for m in larger if predicted.get(m, 0.0) >= best - TIE_MARGIN)
+        return base_model(next(m for m in larger if predicted.get(m, 0.0) >= best - TIE_MARGIN))
 
 
 def cheapest_first(scorecard: Scorecard, prices: dict[str, Price], models: set[str]) -> list[str]:
@@ -221,7 +250,7 @@ def cheapest_first(scorecard: Scorecard, prices: dict[str, Price], models: set[s
 
     def cost(model: str) -> float:
         score = scorecard.models[model].score
-        price = prices.get(model, scorecard.models[model].price)
+        price = prices.get(base_model(model), scorecard.models[model].price)
         return (
             score.prompt_tokens * price.input_per_million
             + score.completion_tokens * price.output_per_million

@@ -1,4 +1,5 @@
-"""The scorecard on disk: what `frugal bench eval` measured per model and per item.
+"""The scorecard on disk: what `frugal bench eval` measured per model (and per model at
+a reasoning effort: a cell) and per item.
 
 It lives in core `serving` (not the benchmarks) because the router reads it at start-up;
 `frugal bench eval` writes it. Its items are the evaluation layer's `EvalItem`
@@ -19,6 +20,24 @@ from serving.evaluation.items import EvalItem
 from serving.pricing import Throughput
 
 SCORECARD_VERSION = 1
+
+#: A scorecard key is a model id (answered without thinking) or a cell `MODEL@EFFORT`:
+#: the same model measured at that reasoning effort (`frugal bench eval --think`).
+CELL_SEPARATOR = "@"
+
+
+def cell_id(model: str, effort: str | None) -> str:
+    return f"{model}{CELL_SEPARATOR}{effort}" if effort else model
+
+
+def base_model(cell: str) -> str:
+    """The served model a scorecard key stands for."""
+    return cell.split(CELL_SEPARATOR, 1)[0]
+
+
+def cell_effort(cell: str) -> str | None:
+    """The effort a key was measured at; None: without thinking."""
+    return cell.split(CELL_SEPARATOR, 1)[1] if CELL_SEPARATOR in cell else None
 
 
 # --- results --------------------------------------------------------------------------
