@@ -1,7 +1,9 @@
 """The bill's reference workload (serving/bench/bill_workload.py): deterministic, the mix
-it promises, and a user's own JSONL."""
+it promises, and a user's own JSONL; its size-proportional prices."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -68,3 +70,20 @@ def test_a_mix_is_validated() -> None:
         BillMix(chats=2, chat_turns=())
     with pytest.raises(ValidationError):
         BillMix(surprise=1)
+
+
+def test_size_proportional_prices_follow_the_weight_bytes() -> None:
+    """--price-by params: the baseline keeps its price; the 4-bit copy of it costs what
+    its packed weights weigh (about a quarter), zoo-s what its bf16 weights do."""
+    from serving.bench.bill_prices import params_priced, weight_bytes
+    from serving.config import load_config
+
+    config = load_config(Path(__file__).parents[1] / "deployments" / "local.yaml")
+    priced, sizes = params_priced(config)
+    prices = {m.model_id: m.frugal.price for m in priced.models}
+    assert sizes["zoo-l"] == weight_bytes(Path(config.model("zoo-l").model_loading_config
+                                               .model_source))
+    assert 0.2 < sizes["zoo-l-w4a16"] / sizes["zoo-l"] < 0.35
+    scale = prices["zoo-s"].input_per_million / prices["zoo-l"].input_per_million
+    assert scale == pytest.approx(sizes["zoo-s"] / sizes["zoo-l"])
+    assert prices["zoo-l-w4a16"].output_per_million < prices["zoo-m"].output_per_million

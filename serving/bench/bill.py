@@ -80,8 +80,9 @@ def cache_salt(run: str, on: frozenset[str], *parts: object) -> str:
 
 
 def task_body(req: BillRequest, on: frozenset[str], baseline: str,
-              run: str = "") -> dict[str, Any]:
-    """The chat request for one task with the levers `on`, in run `run`."""
+              run: str = "", min_quality: float | None = None) -> dict[str, Any]:
+    """The chat request for one task with the levers `on`, in run `run`; with routing on,
+    `min_quality` is the request's quality target (None: the server's)."""
     messages = [dict(m) for m in req.messages]
     if req.wants_json:
         messages[-1]["content"] += JSON_INSTRUCTION
@@ -92,6 +93,8 @@ def task_body(req: BillRequest, on: frozenset[str], baseline: str,
         "max_tokens": MAX_TOKENS, "temperature": 0, "reasoning_effort": effort,
     }
     body["cache_salt"] = cache_salt(run, on, req.id)
+    if "routing" in on and min_quality is not None:
+        body["frugal"] = {"min_quality": min_quality}
     if req.wants_json and "structured" in on:
         body["response_format"] = {"type": "json_schema", "json_schema": {
             "name": "answer", "schema": JSON_SCHEMA, "strict": True}}
@@ -182,8 +185,8 @@ def _batch(base_url: str, bodies: dict[str, dict[str, Any]], timeout_s: float
 
 async def run_scenario(base_url: str, workload: list[BillRequest], on: frozenset[str],
                        baseline: str, chat_model: str, concurrency: int = 8,
-                       batch_timeout_s: float = 600, label: str = ""
-                       ) -> tuple[RunTotals, list[Outcome]]:
+                       batch_timeout_s: float = 600, label: str = "",
+                       min_quality: float | None = None) -> tuple[RunTotals, list[Outcome]]:
     """The whole workload with the levers `on`; online requests `concurrency` at a time,
     the batchable share (batch on) as one batch submitted first."""
     started = time.perf_counter()
@@ -198,13 +201,13 @@ async def run_scenario(base_url: str, workload: list[BillRequest], on: frozenset
             async with gate:
                 if req.kind == "chat":
                     return await _chat(http, req, on, chat_model, run)
-                return _outcome(req, await _post(http, task_body(req, on, baseline, run)))
+                body = task_body(req, on, baseline, run, min_quality)
+                return _outcome(req, await _post(http, body))
 
         pending = None
         if batched:
-            pending = asyncio.to_thread(
-                _batch, base_url, {r.id: task_body(r, on, baseline, run) for r in batched},
-                batch_timeout_s)
+            bodies = {r.id: task_body(r, on, baseline, run, min_quality) for r in batched}
+            pending = asyncio.to_thread(_batch, base_url, bodies, batch_timeout_s)
         outcomes, answers = await asyncio.gather(
             asyncio.gather(*(one(r) for r in online)),
             pending if pending is not None else asyncio.sleep(0, result={}))
@@ -241,14 +244,15 @@ class BillReport(BaseModel):
 async def run_bill(base_url: str, workload: list[BillRequest], baseline: str,
                    chat_model: str, levers: tuple[str, ...] = LEVERS,
                    absent: dict[str, str] | None = None, concurrency: int = 8,
-                   say: Callable[[str], Any] = print) -> BillReport:
+                   say: Callable[[str], Any] = print,
+                   min_quality: float | None = None) -> BillReport:
     """naive, frugal, then frugal minus each lever, one after the other on one server."""
     runs: dict[str, RunTotals] = {}
     plans = {"naive": frozenset(), "frugal": frozenset(levers)}
     plans |= {lever: frozenset(levers) - {lever} for lever in levers}
     for name, on in plans.items():
         result, _ = await run_scenario(base_url, workload, on, baseline, chat_model,
-                                       concurrency, label=name)
+                                       concurrency, label=name, min_quality=min_quality)
         runs[name] = result
         say(f"{name}: ${result.cost_usd:.6f}, accuracy {result.accuracy:.2f}, "
             f"{result.requests} requests ({result.refused} refused) in {result.wall_s:.0f} s")

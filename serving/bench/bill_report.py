@@ -29,7 +29,7 @@ def markdown(report: BillReport, command: str, prices: str) -> str:
         "(batch results at their discount).", "",
         f"**frugal costs {1 / report.ratio if report.ratio else 0:.3f}x naive "
         f"({report.ratio:.1f}x cheaper)**: ${frugal.cost_usd:.6f} against "
-        f"${naive.cost_usd:.6f}, at {kept:.0%} of its accuracy ({frugal.accuracy:.2f} "
+        f"${naive.cost_usd:.6f}, at {kept:.1%} of its accuracy ({frugal.accuracy:.2f} "
         f"against {naive.accuracy:.2f}). Target: 10x cheaper at 95% of the accuracy: "
         f"{'met' if report.ratio >= 10 and kept >= 0.95 else 'missed'}.", "",
         "| run | levers on | $ | x naive | accuracy | input tokens | cached | output tokens "

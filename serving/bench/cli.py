@@ -235,7 +235,8 @@ def bill(
     base_url: str = typer.Option("http://127.0.0.1:8000/v1", help="A running server "
                                  "(`make run`); ignored with --price-by params."),
     price_by: str = typer.Option("yaml", help="yaml: the server's prices; params: start a "
-                                 "server from --config with size-proportional prices."),
+                                 "server from --config with prices proportional to each "
+                                 "model's weight bytes."),
     seed: int = typer.Option(1_000_002_501, min=1_000_000_000, help="A held-out seed."),
     tasks: int = typer.Option(288, min=1, help="Single-turn task requests."),
     chats: int = typer.Option(8, min=0, help="Multi-turn chats (10 and 20 turns)."),
@@ -244,8 +245,11 @@ def bill(
                                          "batch", "compaction")),
                                help="Levers of the frugal run, each also ablated."),
     concurrency: int = typer.Option(8, min=1, help="Online requests at once."),
-    out: str = typer.Option("docs/bench/bill", help="Where results.md/.json and "
-                                                    "waterfall.png go."),
+    min_quality: float = typer.Option(0.0, min=0.0, max=1.0, help="model='auto' requests' "
+                                      "quality target (frugal.min_quality); 0: the "
+                                      "server's router.min_quality."),
+    out: str = typer.Option("", help="Where results.md/.json and waterfall.png go "
+                            "(default: docs/bench/bill, docs/bench/bill-params)."),
     json_path: str = typer.Option("", "--json", help="Also write the report's JSON here."),
     pushgateway: str = typer.Option("", help="Also push the totals to this Prometheus "
                                     "Pushgateway (host:port)."),
@@ -282,6 +286,7 @@ def bill(
     command = (f"frugal bench bill --config {config} --price-by {price_by} --seed {seed} "
                f"--tasks {tasks} --chats {chats} --concurrency {concurrency}"
                + (f" --workload {workload}" if workload else "")
+               + (f" --min-quality {min_quality}" if min_quality else "")
                + (f" --levers {levers}" if chosen != LEVERS else ""))
     absent = {"quantization": "no quantized model in the ladder of " + config}
     if any(m.resolved_engine_kwargs().get("quantization") for m in served.models):
@@ -292,7 +297,8 @@ def bill(
             state = stack.enter_context(tempfile.TemporaryDirectory(prefix="frugal-bill-"))
             priced.store.state_dir = state
             console.print("starting frugal with size-proportional prices ("
-                          + ", ".join(f"{m} {n:,} params" for m, n in sizes.items()) + ")...")
+                          + ", ".join(f"{m} {n / 1e6:.2f} MB" for m, n in sizes.items())
+                          + " of weights)...")
             server = stack.enter_context(frugal_server(
                 priced.model_dump(mode="json", exclude_none=True)))
             base_url = server.url
@@ -301,11 +307,13 @@ def bill(
             absent["routing"] = "the server has no model='auto' (no router scorecard)"
             chosen = tuple(lever for lever in chosen if lever != "routing")
         report = asyncio.run(run_bill(base_url, traffic, served.baseline_model, chat_model,
-                                      chosen, absent, concurrency, say=console.print))
-    target = Path(out)
+                                      chosen, absent, concurrency, say=console.print,
+                                      min_quality=min_quality or None))
+    target = Path(out or ("docs/bench/bill-params" if price_by == "params"
+                          else "docs/bench/bill"))
     target.mkdir(parents=True, exist_ok=True)
     prices = ("size-proportional (--price-by params: the baseline's price scaled by "
-              "parameters)" if price_by == "params" else f"the server's own ({config})")
+              "weight bytes)" if price_by == "params" else f"the server's own ({config})")
     text = markdown(report, command, prices)
     (target / "results.md").write_text(text)
     data = {"command": command, **report.model_dump()}
