@@ -61,6 +61,7 @@ def tight_engine(tight: str) -> psutil.Process:
     return _engine_core_of(f"model-{tight}")
 
 
+@pytest.mark.fresh_handles
 def test_overload_is_503_with_retry_after(server, tight: str) -> None:
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as http:
