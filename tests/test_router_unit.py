@@ -465,3 +465,21 @@ def test_a_request_that_asks_for_thinking_is_routed_among_the_thinking_cells() -
     assert router.choose(hard.messages, None).model == "big"
     assert router.choose(hard.messages, None, effort="low").candidates == [
         m for m in order if "@" not in m]  # no cells at low: the models without thinking
+
+
+def test_the_effort_auto_routes_on_is_read_as_the_reasoning_lever_reads_it() -> None:
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    from serving.levers.router import effort_level
+    from serving.pipeline.context import Endpoint, RequestContext
+
+    def level(extras=None, **fields):
+        request = ChatCompletionRequest(model="auto", messages=[{"role": "user", "content": "hi"}],
+                                        **fields)
+        return effort_level(RequestContext(endpoint=Endpoint.CHAT, request=request,
+                                           extras=extras or {}))
+
+    assert level(reasoning_effort="xhigh") == "high"
+    assert level({"reasoning": {"effort": "low"}}) == "low"
+    assert level({"reasoning": {"max_tokens": 64}}) is None  # an exact budget: no level
+    assert level(reasoning_effort="none") is None and level() is None

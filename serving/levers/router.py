@@ -3,7 +3,7 @@ enough (`serving.router.runtime` holds the policy; this is its place in the chai
 
 The quality target is the request's `extra_body.frugal.min_quality`, else the caller's
 key target (`frugal keys create --min-quality`, set by the tenant lever), else
-`router.min_quality`. A request with `reasoning_effort` low/medium/high is routed among
+`router.min_quality`. A request at reasoning effort low/medium/high is routed among
 the scorecard's cells measured at that effort, where it has them (docs/router.md). A
 request naming a model goes to that model untouched. The decision is in
 `x-frugal-route`.
@@ -15,8 +15,8 @@ from typing import Any
 
 from serving.config import ModelConfig
 from serving.errors import APIError
-from serving.levers.reasoning import EFFORT_LEVELS
-from serving.pipeline.context import RequestContext
+from serving.levers.reasoning import EFFORT_LEVELS, read_ask
+from serving.pipeline.context import Endpoint, RequestContext
 from serving.pipeline.lever import Lever
 from serving.router.runtime import Router
 
@@ -37,10 +37,14 @@ def route_messages(request: Any) -> list[dict[str, str]]:
     return plain
 
 
-def effort_level(request: Any) -> str | None:
-    """The thinking level the request asked for with `reasoning_effort` (low, medium or
-    high, vLLM's other values mapped onto them), None for none or unset."""
-    return EFFORT_LEVELS.get(getattr(request, "reasoning_effort", None) or "")
+def effort_level(ctx: RequestContext) -> str | None:
+    """The thinking level a chat request asked for (`reasoning_effort` or
+    `reasoning.effort`, read by the reasoning lever's own parser; vLLM's other values
+    mapped onto low, medium and high); None for none, unset or an exact budget."""
+    if ctx.endpoint is not Endpoint.CHAT:
+        return None
+    ask = read_ask(ctx.extras, ctx.request)
+    return EFFORT_LEVELS.get(ask.effort or "") if ask is not None else None
 
 
 class RouterLever(Lever):
@@ -68,7 +72,7 @@ class RouterLever(Lever):
         elif ctx.min_quality is None:  # no key target either
             ctx.min_quality = self.router.default_min_quality
         ctx.route = self.router.choose(route_messages(ctx.request), ctx.min_quality,
-                                       effort_level(ctx.request))
+                                       effort_level(ctx))
         ctx.model = ctx.route.model
         ctx.response_headers["x-frugal-route"] = ctx.route.header()
 

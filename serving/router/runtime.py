@@ -111,7 +111,6 @@ class Router:
     def load(cls, config: FrugalConfig) -> Router | None:
         """The router the YAML describes, or None when `auto` is off or untrained."""
         from serving.pricing import price_table
-        from serving.router.scorecard import Scorecard, base_model
 
         settings = config.router
         if not settings.enabled or settings.scorecard is None:
