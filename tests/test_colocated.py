@@ -36,6 +36,10 @@ from serving.evaluation.launcher import Running, session_pids
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 MODEL = "zoo-s"
+# The zoo's whole context, so the disconnect test's stream is as long as it can be:
+# zoo-s writes 448 tokens in under a second here, and a loaded CI machine has taken
+# longer than that to carry a hang-up to the engine.
+CONTEXT = 1024
 
 
 CONFIG = {
@@ -43,7 +47,7 @@ CONFIG = {
     "gateway": {"colocated_model": MODEL},
     "models": [{
         "model_loading_config": {"model_id": MODEL, "model_source": "set by ColocatedServers"},
-        "engine_kwargs": {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 512},
+        "engine_kwargs": {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": CONTEXT},
         "deployment_config": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
         "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
     }],
@@ -138,7 +142,7 @@ def test_the_engine_runs_inside_the_gateway_process(running: Running) -> None:
 
 def test_models_list_reports_the_engine_context(client) -> None:
     models = {m.id: m for m in client.models.list().data}
-    assert models[MODEL].model_extra["max_model_len"] == 512
+    assert models[MODEL].model_extra["max_model_len"] == CONTEXT
 
 
 def test_chat_and_usage(client) -> None:
@@ -190,7 +194,7 @@ def test_concurrent_requests_all_answered_and_counted(colocated: str) -> None:
 
 
 def test_client_disconnect_aborts_the_generation(colocated: str) -> None:
-    assert_disconnect_aborts(colocated, MODEL, max_tokens=448)
+    assert_disconnect_aborts(colocated, MODEL, max_tokens=CONTEXT - 64)
 
 
 def test_sigterm_stops_the_server_and_its_engine_within_seconds(
