@@ -181,17 +181,19 @@ TENANT_REFUSALS = Counter(
 )
 
 ROUTER_DECISIONS = Counter(
-    "frugal_router_decisions", "model='auto' requests by the model chosen.", ["model"]
+    "frugal_router_decisions",
+    "model='auto' requests by the cell chosen (MODEL, or MODEL@EFFORT with thinking).",
+    ["model"],
 )
 ROUTER_ESCALATIONS = Counter(
     "frugal_router_escalations",
-    "Cascade retries on a larger model after a low-confidence answer.",
+    "Cascade retries after a low-confidence answer, by cell (more effort or a larger model).",
     ["from_model", "to_model"],
 )
 QUALITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 ROUTER_PREDICTED = Histogram(
     "frugal_router_predicted_quality",
-    "Predicted success of the chosen model at routing time.",
+    "Predicted success of the chosen cell at routing time.",
     ["model"],
     buckets=QUALITY_BUCKETS,
 )

@@ -58,9 +58,18 @@ class FakeEngine:
                                                      type="BadRequestError", code=400))
         if self.fail:
             raise RuntimeError("engine exploded")
+        logprobs = None
+        if request.logprobs:  # one made-up log-probability per character
+            from vllm.entrypoints.openai.chat_completion.protocol import (
+                ChatCompletionLogProbs,
+                ChatCompletionLogProbsContent,
+            )
+
+            logprobs = ChatCompletionLogProbs(content=[
+                ChatCompletionLogProbsContent(token=c, logprob=-0.5) for c in self.content])
         choice = ChatCompletionResponseChoice(
             index=0, message=ChatMessage(role="assistant", content=self.content),
-            finish_reason=self.finish_reason)
+            logprobs=logprobs, finish_reason=self.finish_reason)
         return ChatCompletionResponse(model=self.model, choices=[choice], usage=self._usage())
 
     async def chat_stream(self, request: Any):
@@ -89,11 +98,11 @@ def fake_config(reasoning_small: bool = True) -> FrugalConfig:
 
 
 def fake_pipeline(engines: dict[str, FakeEngine], extra: Lever | None = None,
-                  config: FrugalConfig | None = None, tenants: Tenants | None = None
-                  ) -> Pipeline:
+                  config: FrugalConfig | None = None, tenants: Tenants | None = None,
+                  router: Any = None) -> Pipeline:
     """The real chain (plus `extra` last) in front of the fake engines."""
     config = config or fake_config()
-    chain = build_chain(config, router=None, tenants=tenants)
+    chain = build_chain(config, router=router, tenants=tenants)
     if extra is not None:
         chain = Chain([*chain.levers, extra])
     caller = ModelCaller({name: LocalHandle(e) for name, e in engines.items()}, 2)
@@ -110,3 +119,19 @@ def fake_ctx(pipeline: Pipeline, body: dict) -> RequestContext:
 
 def chat(model: str = "small", **extra: Any) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": "3+4="}], **extra}
+
+
+class FixedPredictor:
+    """A stand-in for the router's predictor in fake-engine tests: the same P(correct)
+    per scorecard key for every request, and one confidence for every answer."""
+
+    def __init__(self, predicted: dict[str, float], confidence: float = 0.99) -> None:
+        self.models = list(predicted)
+        self.predicted = predicted
+        self.answer_confidence = confidence
+
+    def predict(self, messages: Any) -> dict[str, float]:
+        return dict(self.predicted)
+
+    def confidence(self, model: str, logprobs: Any) -> float | None:
+        return self.answer_confidence if model in self.predicted else None

@@ -147,6 +147,49 @@ def test_each_model_call_is_shaped_for_its_own_model() -> None:
     assert [call.model for call in ctx.calls] == ["small", "large"]
 
 
+def _joint_router(predicted: dict[str, float], confidence: float = 0.99) -> Any:
+    from fake_engine import FixedPredictor
+
+    from serving.pricing import price_table
+    from serving.router.runtime import Router
+
+    return Router(FixedPredictor(predicted, confidence), list(predicted),
+                  default_min_quality=0.9, prices=price_table(fake_config()))
+
+
+def test_auto_applies_the_effort_of_the_cell_it_chose() -> None:
+    """A request that states no effort, routed to `small@high`, thinks at small's high
+    budget; one that turns thinking off goes to a cell without it, and does not think."""
+    small, large = FakeEngine("small"), FakeEngine("large")
+    router = _joint_router({"small": 0.5, "small@high": 0.95, "large": 0.95})
+    pipeline = fake_pipeline({"small": small, "large": large}, router=router)
+    ctx = fake_ctx(pipeline, chat(model="auto"))
+    asyncio.run(pipeline.run(ctx))
+    assert ctx.response_headers["x-frugal-route"].startswith("small@high;")
+    sent = small.requests[0]
+    assert sent.thinking_token_budget == 7 and sent.chat_template_kwargs["enable_thinking"]
+
+    ctx = fake_ctx(pipeline, chat(model="auto", reasoning_effort="none"))
+    asyncio.run(pipeline.run(ctx))
+    assert ctx.response_headers["x-frugal-route"].startswith("large;")
+    assert large.requests[0].thinking_token_budget is None
+
+
+def test_the_cascade_retries_the_same_model_at_more_effort_first() -> None:
+    """An unsure answer of `small` is asked again of `small@high` (small with thinking),
+    not of the larger model; both calls are billed."""
+    small, large = FakeEngine("small"), FakeEngine("large")
+    router = _joint_router({"small": 0.95, "small@high": 0.97, "large": 0.99}, confidence=0.1)
+    pipeline = fake_pipeline({"small": small, "large": large}, router=router)
+    ctx = fake_ctx(pipeline, chat(model="auto"))
+    answer = asyncio.run(pipeline.run(ctx))
+    assert "escalated to small@high" in ctx.response_headers["x-frugal-route"]
+    assert [call.model for call in ctx.calls] == ["small", "small"] and not large.requests
+    first, retry = small.requests
+    assert first.thinking_token_budget is None and retry.thinking_token_budget == 7
+    assert answer.body["model"] == "small" and answer.body["choices"][0]["logprobs"] is None
+
+
 def test_chain_order_is_the_documented_one() -> None:
     chain = build_chain(fake_config(), router=None)
     assert chain.names == ["tenant", "batch", "router", "compaction", "reasoning", "structured",

@@ -8,6 +8,7 @@ the item), so the assertions are about the learning and selection logic, not the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,13 @@ from serving.evaluation.items import Checker, EvalItem, grade
 from serving.pricing import Throughput
 from serving.router.features import DIM, HASH_DIM, featurize, word_shape
 from serving.router.predictor import Predictor, auc, scorecard_id, train_predictor
-from serving.router.runtime import Router, cheapest_first, validate_min_quality
+from serving.router.runtime import (
+    ANY_EFFORT,
+    Router,
+    cheapest_first,
+    escalation_order,
+    validate_min_quality,
+)
 from serving.router.scorecard import (
     ItemResult,
     ModelCard,
@@ -380,12 +387,12 @@ def test_route_results_round_trip_and_match_only_their_workload() -> None:
 def test_params_priced_scales_prices_by_size_and_keeps_the_largest(
     tmp_path: Path, router: Router, scorecard: Scorecard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`frugal bench route --price-by params`: price proportional to parameter count,
+    """`frugal bench route --price-by params`: price proportional to weight bytes,
     anchored on the largest model, and the candidates re-ordered by the new prices."""
     import serving.bench.route_bench as route_bench
 
     sizes = {"org/tiny": 1_000, "org/mid": 4_000, "org/big": 10_000}
-    monkeypatch.setattr(route_bench, "checkpoint_params", lambda source: sizes[source])
+    monkeypatch.setattr(route_bench, "weight_bytes", lambda source: sizes[str(source)])
     config = load_config(_yaml(tmp_path, {}))
     priced = route_bench.params_priced(router, config, scorecard)
     big = router.prices["big"]
@@ -394,17 +401,6 @@ def test_params_priced_scales_prices_by_size_and_keeps_the_largest(
     assert priced.prices["mid"].input_per_million == pytest.approx(big.input_per_million * 0.4)
     assert priced.candidates == ["tiny", "mid", "big"]
     assert priced.predictor is router.predictor
-
-
-def test_checkpoint_params_reads_safetensors_headers(tmp_path: Path) -> None:
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    from serving.bench.route_bench import checkpoint_params
-
-    save_file({"a": np.zeros((3, 4), np.float32), "b": np.zeros(5, np.float32)},
-              str(tmp_path / "model.safetensors"))
-    assert checkpoint_params(str(tmp_path)) == 17
 
 
 def test_route_bench_refuses_to_report_an_unreachable_endpoint(tmp_path: Path) -> None:
@@ -444,9 +440,10 @@ def test_a_merged_scorecard_keeps_the_other_models_cards_cheapest_first() -> Non
     assert merged.models["mid"].score == rescored
 
 
-def test_a_request_that_asks_for_thinking_is_routed_among_the_thinking_cells() -> None:
-    """mid answers everything when it thinks (its `mid@high` cell), big without: a hard
-    request at effort high goes to mid, the same request without thinking to big."""
+def _thinking_router(**settings: Any) -> tuple[Router, Scorecard, Any]:
+    """tiny, mid, big, and `mid@high`: mid answers everything when it thinks (as big
+    does without), at mid's price for three times big's tokens (cheaper than big); and
+    a hard item."""
     plain = synthetic_scorecard(n_per_cell=20)
     big = plain.models["big"]
     thinking = big.model_copy(update={"price": PRICES["mid"], "score": big.score.model_copy(
@@ -456,15 +453,58 @@ def test_a_request_that_asks_for_thinking_is_routed_among_the_thinking_cells() -
     scorecard = plain.model_copy(update={"models": cards})
     predictor = train_predictor(scorecard)
     order = cheapest_first(scorecard, PRICES, set(cards))
-    router = Router(predictor, order, default_min_quality=0.9, prices=PRICES)
+    router = Router(predictor, order, default_min_quality=0.9, prices=PRICES, **settings)
     hard = next(i for i in mixed_suite(2, 5) if i.difficulty == DIFFICULTIES[i.family][-1])
+    return router, scorecard, hard
 
+
+def test_a_request_that_asks_for_thinking_is_routed_among_the_thinking_cells() -> None:
+    """A hard request at effort high goes to mid@high; the same request without thinking
+    (effort None: `none`, or an exact budget) to big."""
+    router, _, hard = _thinking_router()
+    order = router.candidates
+    assert order.index("mid@high") < order.index("big")
     routed = router.choose(hard.messages, None, effort="high")
-    assert (routed.model, routed.cell) == ("mid", "mid@high")
+    assert (routed.model, routed.cell, routed.effort) == ("mid", "mid@high", "high")
     assert routed.candidates == ["mid@high"] and routed.header().startswith("mid@high;")
-    assert router.choose(hard.messages, None).model == "big"
+    plain = router.choose(hard.messages, None)
+    assert (plain.model, plain.effort) == ("big", None)
     assert router.choose(hard.messages, None, effort="low").candidates == [
         m for m in order if "@" not in m]  # no cells at low: the models without thinking
+
+
+def test_a_request_without_effort_may_go_to_a_cell_with_thinking() -> None:
+    """Joint routing: a hard request that states no effort goes to the cheapest cell
+    predicted good enough, mid@high (a small model that thinks beats a large one that
+    does not); an easy one stays on a model without thinking. `choose_effort: false`
+    keeps such requests on the cells without thinking."""
+    router, _, hard = _thinking_router()
+    routed = router.choose(hard.messages, None, effort=ANY_EFFORT)
+    assert (routed.cell, routed.effort) == ("mid@high", "high")
+    assert routed.candidates == router.candidates  # every cell was a candidate
+    easy = next(i for i in mixed_suite(2, 5) if i.difficulty == DIFFICULTIES[i.family][0])
+    assert router.choose(easy.messages, 0.5, effort=ANY_EFFORT).effort is None
+    off, _, _ = _thinking_router(choose_effort=False)
+    assert off.choose(hard.messages, None, effort=ANY_EFFORT).cell == "big"
+
+
+def test_escalation_tries_more_effort_before_a_larger_model() -> None:
+    keys = ["tiny", "mid", "tiny@high", "mid@low", "mid@high", "big", "big@high"]
+    assert escalation_order(keys, "mid") == ["mid@low", "mid@high", "tiny@high", "big",
+                                             "big@high"]
+    assert escalation_order(keys, "mid@low") == ["mid@high", "big", "big@high"]
+    assert escalation_order(keys, "tiny@high") == ["mid@low", "mid@high", "big", "big@high"]
+    assert escalation_order(keys, "big@high") == []
+
+
+def test_a_low_confidence_answer_is_retried_at_more_effort_first() -> None:
+    """mid's unsure answer goes to mid@high (predicted good enough, and cheaper than
+    big), not to big."""
+    router, _, hard = _thinking_router(escalate_below=0.99)
+    decision = router.choose(hard.messages, 0.01, effort=ANY_EFFORT)
+    decision = decision.model_copy(update={"cell": "mid", "model": "mid", "min_quality": 0.9})
+    assert router.escalation(decision, "mid", [-3.0, -2.5]) == "mid@high"
+    assert router.escalation(decision, "mid@high", None, checked=False) == "big"
 
 
 def test_the_effort_auto_routes_on_is_read_as_the_reasoning_lever_reads_it() -> None:
@@ -482,4 +522,6 @@ def test_the_effort_auto_routes_on_is_read_as_the_reasoning_lever_reads_it() -> 
     assert level(reasoning_effort="xhigh") == "high"
     assert level({"reasoning": {"effort": "low"}}) == "low"
     assert level({"reasoning": {"max_tokens": 64}}) is None  # an exact budget: no level
-    assert level(reasoning_effort="none") is None and level() is None
+    assert level(reasoning_effort="none") is None
+    assert level(chat_template_kwargs={"enable_thinking": True}) is None  # the client's own
+    assert level() == ANY_EFFORT  # stated nothing: the router may choose the effort

@@ -19,7 +19,6 @@ or by `auto`, so applying policies offline is exact for these results. `--via-ht
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -27,9 +26,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from serving.bench.bill_prices import weight_bytes
 from serving.evaluation.items import TaskItem
 from serving.router.runtime import Router
-from serving.router.scorecard import ItemResult, Scorecard
+from serving.router.scorecard import ItemResult, Scorecard, base_model
 
 
 class PolicyResult(BaseModel):
@@ -229,47 +229,28 @@ def check_held_out(scorecard: Scorecard, seed: int) -> None:
         )
 
 
-def checkpoint_params(source: str) -> int:
-    """Parameter count of a local safetensors checkpoint, read from the file headers."""
-    from safetensors import safe_open
-
-    total = 0
-    for path in sorted(Path(source).glob("*.safetensors")):
-        with safe_open(str(path), framework="numpy") as fh:
-            for name in fh.keys():
-                total += math.prod(fh.get_slice(name).get_shape())
-    return total
-
-
 def params_priced(router: Any, config: Any, scorecard: Any) -> Any:
-    """The same router with prices proportional to each model's parameter count.
+    """The same router with prices proportional to each model's weight bytes (parameters
+    times bits: a 4-bit copy costs about a quarter), the bill's `--price-by params`.
 
-    Why: on a compute-bound node (a GPU at batch, or any real model size) throughput per
-    model falls with its parameter count, so its price per token rises with it. The demo
-    zoo on 2 CPU cores is overhead-bound instead (its smallest and middle models measure
-    the same tokens/s), which hides the spread the router exists to exploit. Anchored on
-    the largest model's own price, so always-largest costs the same under both.
+    Why: on a compute-bound node (a GPU at batch, or any real model size) decoding is
+    bound by reading the weights, so a token's price rises with their size. The demo zoo
+    on 2 CPU cores is overhead-bound instead (its smallest and middle models measure the
+    same tokens/s), which hides the spread the router exists to exploit. Anchored on the
+    largest model's own price, so always-largest costs the same under both. A cell is
+    priced as its model; its thinking tokens make it dearer per item.
     """
     from serving.config import Price
-    from serving.router.runtime import cheapest_first
 
     sources = {m.model_id: m.model_loading_config.model_source for m in config.models}
-    params = {m: checkpoint_params(sources[m]) for m in router.candidates}
-    largest = max(params, key=params.get)
+    sizes = {m: weight_bytes(Path(sources[m])) for m in {base_model(c) for c in router.candidates}}
+    largest = max(sizes, key=sizes.get)
     anchor = router.prices[largest]
     prices = {
         m: Price(
-            input_per_million=anchor.input_per_million * params[m] / params[largest],
-            output_per_million=anchor.output_per_million * params[m] / params[largest],
+            input_per_million=anchor.input_per_million * size / sizes[largest],
+            output_per_million=anchor.output_per_million * size / sizes[largest],
         )
-        for m in router.candidates
+        for m, size in sizes.items()
     }
-    return Router(
-        router.predictor,
-        cheapest_first(scorecard, prices, set(router.candidates)),
-        default_min_quality=router.default_min_quality,
-        cascade=router.cascade,
-        escalate_below=router.escalate_below,
-        prices=prices,
-        hopeless_below=router.hopeless_below,
-    )
+    return router.with_prices(prices, scorecard)

@@ -116,7 +116,7 @@ class AccountingLever(Lever):
                 metrics.STRUCTURED_WASTED_TOKENS.labels(last.model).inc(
                     last.usage.completion_tokens)
         if ctx.route is not None:
-            chosen = ctx.route.model
+            chosen = ctx.route.cell or ctx.route.model  # MODEL@EFFORT for a cell with thinking
             metrics.ROUTER_DECISIONS.labels(chosen).inc()
             metrics.ROUTER_PREDICTED.labels(chosen).observe(ctx.route.predicted[chosen])
             if ctx.confidence is not None:

@@ -1,9 +1,10 @@
-"""The cascade (lever 1's second half): an `auto` answer that looks wrong is asked again
-of a larger model, and both calls are billed.
+"""The cascade (lever 1's second half): an `auto` answer that looks wrong is asked again,
+of the same model at more effort or of a larger model (`Router.escalation`), and both
+calls are billed.
 
 The answer is judged by its token log-probabilities (`Router.escalation`), so the first
 call asks the engine for them and the client gets them only if it asked too. The retry
-is shaped afresh for the larger model (its own thinking budget, not the first model's).
+is shaped afresh for its cell (that model's budget at that cell's effort).
 
 Streams are not cascaded: the first model's tokens are already on the wire when its
 confidence is known. Such a response says so in `x-frugal-cascade`.
@@ -19,6 +20,7 @@ from serving.pipeline.context import Endpoint, RequestContext
 from serving.pipeline.engine_call import is_error
 from serving.pipeline.lever import Lever
 from serving.router.runtime import Router
+from serving.router.scorecard import base_model, cell_effort
 
 
 def answer_logprobs(body: dict[str, Any], endpoint: Endpoint) -> list[float] | None:
@@ -57,14 +59,15 @@ class CascadeLever(Lever):
     async def after(self, ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any]:
         if not ctx.cascade or ctx.route is None or ctx.call_model is None:
             return body
-        answered_by = ctx.model
+        answered = ctx.route.cell or ctx.model
         logprobs = answer_logprobs(body, ctx.endpoint)
-        ctx.confidence = self.router.predictor.confidence(answered_by, logprobs)
-        larger = self.router.escalation(ctx.route, answered_by, logprobs)
-        if larger is not None:
-            ctx.escalated_to = ctx.model = larger
-            ctx.response_headers["x-frugal-route"] = ctx.route.header(larger)
-            result = await ctx.call_model(ctx, larger)
+        ctx.confidence = self.router.predictor.confidence(answered, logprobs)
+        retry = self.router.escalation(ctx.route, answered, logprobs)
+        if retry is not None:
+            ctx.escalated_to = retry
+            ctx.model, ctx.route_effort = base_model(retry), cell_effort(retry)
+            ctx.response_headers["x-frugal-route"] = ctx.route.header(retry)
+            result = await ctx.call_model(ctx, ctx.model)
             if is_error(result):
                 raise APIError(result.error.code, result.error.message)
             body = result.model_dump()

@@ -33,6 +33,9 @@ from serving.errors import APIError
 from serving.pipeline.context import Endpoint, RequestContext
 from serving.pipeline.lever import Lever
 
+#: The ask's source when the request stated nothing about thinking.
+DEFAULT_EFFORT = "default_effort"
+
 #: vLLM's `reasoning_effort` values, onto the three configured budgets.
 EFFORT_LEVELS = {
     "minimal": "low",
@@ -76,7 +79,7 @@ class ThinkingAsk(BaseModel):
             return None
         budgets = model.frugal.reasoning
         return ThinkingPlan(budget=_from_effort(budgets.default_effort, budgets),
-                            source="default_effort")
+                            source=DEFAULT_EFFORT)
 
 
 def _non_negative_int(value: Any, param: str) -> int:
@@ -128,7 +131,7 @@ def read_ask(extra: dict[str, Any], request: Any) -> ThinkingAsk | None:
     kwargs = getattr(request, "chat_template_kwargs", None) or {}
     if "enable_thinking" in kwargs:
         return None
-    return ThinkingAsk(source="default_effort")
+    return ThinkingAsk(source=DEFAULT_EFFORT)
 
 
 def supports_reasoning(model: ModelConfig) -> bool:
@@ -174,7 +177,11 @@ class ReasoningLever(Lever):
             ctx.thinking = read_ask(ctx.extras, ctx.request)
 
     def shape(self, ctx: RequestContext, request: Any, model: ModelConfig) -> Any:
-        plan = ctx.thinking.plan(model) if ctx.thinking is not None else None
+        ask = ctx.thinking
+        if ask is not None and ask.source == DEFAULT_EFFORT and ctx.route_effort is not None:
+            # `auto` chose a cell with thinking for a request that stated no effort.
+            ask = ThinkingAsk(effort=ctx.route_effort, source="route")
+        plan = ask.plan(model) if ask is not None else None
         ctx.reasoning = plan is not None and plan.enabled
         if plan is not None:
             apply_thinking(request, plan, model)

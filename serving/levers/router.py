@@ -3,9 +3,11 @@ enough (`serving.router.runtime` holds the policy; this is its place in the chai
 
 The quality target is the request's `extra_body.frugal.min_quality`, else the caller's
 key target (`frugal keys create --min-quality`, set by the tenant lever), else
-`router.min_quality`. A request at reasoning effort low/medium/high is routed among
-the scorecard's cells measured at that effort, where it has them (docs/router.md). A
-request naming a model goes to that model untouched. The decision is in
+`router.min_quality`. A request that states no reasoning effort may go to any cell,
+a model at an effort (`router.choose_effort`), and the reasoning lever applies that
+cell's effort; one at effort low/medium/high is routed among the cells measured at
+that effort, where it has them (docs/router.md). A request naming a model goes to that
+model untouched. The decision is in
 `x-frugal-route`.
 """
 
@@ -15,10 +17,10 @@ from typing import Any
 
 from serving.config import ModelConfig
 from serving.errors import APIError
-from serving.levers.reasoning import EFFORT_LEVELS, read_ask
+from serving.levers.reasoning import DEFAULT_EFFORT, EFFORT_LEVELS, read_ask
 from serving.pipeline.context import Endpoint, RequestContext
 from serving.pipeline.lever import Lever
-from serving.router.runtime import Router
+from serving.router.runtime import ANY_EFFORT, Router
 
 AUTO = "auto"
 
@@ -38,13 +40,19 @@ def route_messages(request: Any) -> list[dict[str, str]]:
 
 
 def effort_level(ctx: RequestContext) -> str | None:
-    """The thinking level a chat request asked for (`reasoning_effort` or
-    `reasoning.effort`, read by the reasoning lever's own parser; vLLM's other values
-    mapped onto low, medium and high); None for none, unset or an exact budget."""
+    """The effort a chat request leaves the router, read by the reasoning lever's own
+    parser: `ANY_EFFORT` when it states none (the router may choose); the level it asked
+    for (`reasoning_effort` or `reasoning.effort`, vLLM's other values mapped onto low,
+    medium and high); None for none, an exact budget, the client's own
+    `enable_thinking`, and endpoints without thinking."""
     if ctx.endpoint is not Endpoint.CHAT:
         return None
     ask = read_ask(ctx.extras, ctx.request)
-    return EFFORT_LEVELS.get(ask.effort or "") if ask is not None else None
+    if ask is None:
+        return None
+    if ask.source == DEFAULT_EFFORT:
+        return ANY_EFFORT
+    return EFFORT_LEVELS.get(ask.effort or "")
 
 
 class RouterLever(Lever):
@@ -74,6 +82,7 @@ class RouterLever(Lever):
         ctx.route = self.router.choose(route_messages(ctx.request), ctx.min_quality,
                                        effort_level(ctx))
         ctx.model = ctx.route.model
+        ctx.route_effort = ctx.route.effort
         ctx.response_headers["x-frugal-route"] = ctx.route.header()
 
     def shape(self, ctx: RequestContext, request: Any, model: ModelConfig) -> Any:

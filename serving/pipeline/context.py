@@ -77,6 +77,7 @@ class RequestContext:
     model: str = ""  # the model to call; `auto` until the router lever chose
     min_quality: float | None = None  # the request's or the key's quality target
     route: RouteDecision | None = None
+    route_effort: str | None = None  # the effort of the cell `auto` calls (None: no thinking)
     thinking: ThinkingAsk | None = None  # what the request asked of reasoning
     reasoning: bool = False  # the last model call thinks (its answer has `reasoning`)
     cascade: bool = False  # the cascade may retry this request on a larger model

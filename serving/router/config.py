@@ -27,6 +27,12 @@ class RouterConfig(BaseModel):
     predictor: str | None = Field(
         None, description="Trained predictor from `frugal router train` (relative to the YAML)."
     )
+    choose_effort: bool = Field(
+        True,
+        description="For a request that states no reasoning effort, choose the cell (model "
+        "and effort) among all the scorecard's cells, MODEL@high ones included, and apply "
+        "its effort; off: such requests go to a model as measured without thinking.",
+    )
     cascade: bool = Field(True, description="Escalate low-confidence answers to a larger model.")
     escalate_below: float | None = Field(
         None,

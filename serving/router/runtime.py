@@ -9,11 +9,13 @@ The gateway's contract (it composes; the policy lives here):
 - `router.validate_min_quality(value)` on the request's `extra_body.frugal.min_quality`
   (ValueError -> 400); a key's own target comes from its record (serving.tenants).
 - `router.choose(messages, min_quality, effort)` -> `RouteDecision` (pure, well under
-  5 ms); `effort` is the request's reasoning effort level, None without thinking.
-- call `decision.model` (with `logprobs=True` when `router.cascade`), then
-  `router.escalation(decision, answered_by, answer_logprobs)` -> a larger model to retry
-  on, or None. Bill both calls; the response's `model` is the one that answered; the
-  header `x-frugal-route` is `decision.header()` (plus the escalation).
+  5 ms); `effort` is `ANY_EFFORT` when the request stated none, else its level, or
+  None without thinking.
+- call `decision.model` at `decision.effort` (with `logprobs=True` when
+  `router.cascade`), then `router.escalation(decision, decision.cell, answer_logprobs)`
+  -> a cell to retry on (more effort, then a larger model), or None. Bill both
+  calls; the response's `model` is the one that answered; the header
+  `x-frugal-route` is `decision.header()` (plus the escalation).
 
 Policy: candidates are the scorecard's models that the YAML serves, cheapest first (by
 the average cost of a scorecard item at the current prices). Choose the first whose
@@ -23,10 +25,17 @@ even the best prediction is below `hopeless_below` (every model is more likely w
 right), the cheapest model: paying the largest model's price for an answer that is
 probably wrong anyway is the costliest way to fail.
 
-Effort: a request that asks for thinking (`reasoning_effort` low/medium/high) is routed
-among the scorecard's cells measured at that effort (`MODEL@high`, from `frugal bench
-eval --think`), since a model that thinks answers differently; without such cells, and
-for requests without thinking, among the models measured without it.
+Effort: the scorecard's keys are cells, a model measured without thinking (`zoo-m`) or
+at an effort (`zoo-m@high`, from `frugal bench eval --think`), each priced by its own
+measured tokens, thinking included. A request that states no effort (`ANY_EFFORT`) is
+routed among every cell when `router.choose_effort` is on, so a small model that thinks
+can win over a large one that does not; the chosen cell's effort is then applied. A
+request that asks for thinking at a level (`reasoning_effort` low/medium/high) is routed
+among the cells measured at that level; one that turns thinking off or sets an exact
+budget (`None`), or a level with no cells, among the cells without thinking.
+
+Escalation walks the decision's cells: the answering model at more effort first, then
+larger models.
 """
 
 from __future__ import annotations
@@ -46,6 +55,9 @@ logger = logging.getLogger("frugal.router")
 
 TIE_MARGIN = 0.02
 
+#: `choose(effort=ANY_EFFORT)`: the request stated no effort, the router may choose one.
+ANY_EFFORT = "any"
+
 
 class RouteDecision(BaseModel):
     """What `auto` chose and why; `predicted` is P(correct) per candidate (a model, or a
@@ -57,6 +69,11 @@ class RouteDecision(BaseModel):
     candidates: list[str]  # cheapest first
     min_quality: float = 0.0
     cell: str = ""  # the scorecard key chosen (the model, or MODEL@EFFORT)
+
+    @property
+    def effort(self) -> str | None:
+        """The reasoning effort the chosen cell runs at (None: without thinking)."""
+        return cell_effort(self.cell or self.model)
 
     def header(self, escalated_to: str | None = None) -> str:
         """The `x-frugal-route` header value (ASCII, one line)."""
@@ -89,6 +106,7 @@ class Router:
         escalate_below: float | None = None,
         prices: dict[str, Price] | None = None,
         hopeless_below: float = 0.5,
+        choose_effort: bool = True,
     ) -> None:
         unknown = [m for m in candidates if m not in predictor.models]
         if unknown or not candidates:
@@ -104,6 +122,20 @@ class Router:
         self.escalate_below = escalate_below
         self.prices = dict(prices or {})
         self.hopeless_below = hopeless_below
+        self.choose_effort = choose_effort
+
+    def with_prices(self, prices: dict[str, Price], scorecard: Scorecard) -> Router:
+        """The same policy at other prices (the cells re-ordered cheapest first)."""
+        return Router(
+            self.predictor,
+            cheapest_first(scorecard, prices, set(self.candidates)),
+            default_min_quality=self.default_min_quality,
+            cascade=self.cascade,
+            escalate_below=self.escalate_below,
+            prices=prices,
+            hopeless_below=self.hopeless_below,
+            choose_effort=self.choose_effort,
+        )
 
     # --- building -------------------------------------------------------------------
 
@@ -131,8 +163,13 @@ class Router:
             started = time.perf_counter()
             predictor = train_predictor(scorecard)
             logger.info("trained the router predictor in %.1fs", time.perf_counter() - started)
-        served = {m.model_id for m in config.models}
-        served_keys = {k for k in predictor.models if base_model(k) in served}
+        # A cell with thinking only where its model is served with a reasoning mode.
+        thinks = {m.model_id: bool(m.engine_kwargs.get("reasoning_parser"))
+                  for m in config.models}
+        served_keys = {
+            k for k in predictor.models
+            if base_model(k) in thinks and (cell_effort(k) is None or thinks[base_model(k)])
+        }
         measured = {
             m: card.score.throughput
             for m, card in scorecard.models.items()
@@ -151,6 +188,7 @@ class Router:
             escalate_below=settings.escalate_below,
             prices=prices,
             hopeless_below=settings.hopeless_below,
+            choose_effort=settings.choose_effort,
         )
 
     # --- the hot path ---------------------------------------------------------------
@@ -158,9 +196,13 @@ class Router:
     validate_min_quality = staticmethod(validate_min_quality)
 
     def candidates_for(self, effort: str | None) -> list[str]:
-        """The candidates a request at `effort` is routed among: the cells measured at
-        that effort; without such cells (or without thinking), the models as measured
-        without thinking."""
+        """The cells a request at `effort` is routed among, cheapest first: every cell
+        for `ANY_EFFORT` (with `choose_effort`); the cells measured at a stated level;
+        without such cells, or without thinking, the cells without thinking."""
+        if effort == ANY_EFFORT:
+            if self.choose_effort:
+                return self.candidates
+            effort = None
         if effort is not None and effort in self.by_effort:
             return self.by_effort[effort]
         return self.by_effort.get(None) or self.candidates
@@ -169,8 +211,9 @@ class Router:
         self, messages: list[dict[str, str]], min_quality: float | None,
         effort: str | None = None,
     ) -> RouteDecision:
-        """`effort`: the reasoning effort the request asked for (low/medium/high), which
-        constrains the choice to cells measured at it (`candidates_for`)."""
+        """`effort`: `ANY_EFFORT` when the request stated none, else the level it asked
+        for (low/medium/high) or None (no thinking, or an exact budget): the cells it
+        may go to (`candidates_for`)."""
         target = self.default_min_quality if min_quality is None else min_quality
         candidates = self.candidates_for(effort)
         all_predicted = self.predictor.predict(messages)
@@ -206,25 +249,25 @@ class Router:
     def escalation(
         self,
         decision: RouteDecision,
-        answered_by: str,
+        answered: str,
         logprobs: list[float] | None,
         *,
         checked: bool | None = None,
     ) -> str | None:
-        """The larger model to retry on when this answer looks wrong, else None.
+        """The cell to retry on when this answer looks wrong, else None.
 
-        `checked` is the request's own checker verdict when it carries one (it overrides
-        the logprobs). Otherwise the answer's confidence, P(correct | its logprobs), is
-        compared with `escalate_below` (default: the request's quality target). The
-        retry goes to the cheapest larger model predicted to meet the target, else the
-        larger model with the best prediction. The candidates are the decision's (cells at
-        the request's effort, when it asked for thinking); the answer is a model id.
+        `answered` is the cell that answered (`decision.cell`, or an earlier
+        escalation's). `checked` is the request's own checker verdict when it carries
+        one (it overrides the logprobs). Otherwise the answer's confidence, P(correct |
+        its logprobs), is compared with `escalate_below` (default: the request's quality
+        target). The retry goes along the decision's cells (`escalation_order`: the same
+        model at more effort first, then larger models) to the first predicted to meet
+        the target, else the one with the best prediction.
         """
         keys = decision.candidates
-        answered = next((k for k in keys if base_model(k) == answered_by), None)
-        if not self.cascade or answered is None:
+        if not self.cascade or answered not in keys:
             return None
-        larger = keys[keys.index(answered) + 1 :]
+        larger = escalation_order(keys, answered)
         if not larger:
             return None
         if checked is None:
@@ -239,9 +282,27 @@ class Router:
         predicted = decision.predicted
         for key in larger:
             if predicted.get(key, 0.0) >= decision.min_quality:
-                return base_model(key)
+                return key
         best = max(predicted.get(m, 0.0) for m in larger)
-        return base_model(next(m for m in larger if predicted.get(m, 0.0) >= best - TIE_MARGIN))
+        return next(m for m in larger if predicted.get(m, 0.0) >= best - TIE_MARGIN)
+
+
+#: Efforts from least to most thinking, for the escalation order.
+_EFFORT_RANK = {None: 0, "low": 1, "medium": 2, "high": 3}
+
+
+def escalation_order(keys: list[str], answered: str) -> list[str]:
+    """Where an answer by `answered` may be retried, in order: the same model's cells at
+    more effort (least first), then every dearer cell of another model (cheapest
+    first). `keys` is cheapest first."""
+    model, rank = base_model(answered), _EFFORT_RANK.get(cell_effort(answered), 0)
+    same = sorted(
+        (k for k in keys if base_model(k) == model and _EFFORT_RANK.get(cell_effort(k), 0) > rank),
+        key=lambda k: _EFFORT_RANK.get(cell_effort(k), 0),
+    )
+    tried = {k for k in keys if base_model(k) == model}
+    after = keys[keys.index(answered) + 1 :]
+    return same + [k for k in after if k not in tried]
 
 
 def cheapest_first(scorecard: Scorecard, prices: dict[str, Price], models: set[str]) -> list[str]:
