@@ -360,10 +360,14 @@ def test_policies_on_known_results(router: Router) -> None:
     for name in ("auto", "largest", "random"):  # nothing that is always right is cheaper
         assert policies["oracle"].cost_usd <= policies[name].cost_usd + 1e-12
     assert policies["auto"].accuracy >= 0.97
-    values, met = ratios(policies)
-    # A third of these items need the big model, so 0.3x of largest is out of reach here;
-    # the calibrated predictor should still land close to the oracle.
-    assert met["cost_le_1.3x_oracle"] and values["auto_cost_over_largest"] < 0.6, values
+    # Without thinking cells the joint policies are the models-only ones.
+    assert policies["auto"] == policies["auto-models"]
+    assert policies["oracle"] == policies["oracle-models"]
+    assert policies["largest@high"] == policies["largest"]
+    values, _ = ratios(policies)
+    # A third of these items need the big model; the calibrated predictor should still
+    # land close to the oracle.
+    assert values["auto_cost_over_oracle"] <= 1.3 and values["auto_cost_over_largest_high"] < 0.6
     card = synthetic_scorecard(2, seed=5)
     with pytest.raises(ValueError, match="training seed"):
         check_held_out(card, 5)
@@ -486,6 +490,27 @@ def test_a_request_without_effort_may_go_to_a_cell_with_thinking() -> None:
     assert router.choose(easy.messages, 0.5, effort=ANY_EFFORT).effort is None
     off, _, _ = _thinking_router(choose_effort=False)
     assert off.choose(hard.messages, None, effort=ANY_EFFORT).cell == "big"
+
+
+def test_joint_policies_use_the_cells_with_thinking() -> None:
+    """mid@high answers everything at less than big's price: joint `auto` and the joint
+    oracle use it and cost less than their models-only counterparts, as accurate."""
+    router, _, _ = _thinking_router()
+    items = mixed_suite(6, 1_000_000_444)
+
+    def result(cell: str, item: Any) -> ItemResult:
+        right = _truth("big" if cell == "mid@high" else cell, item.family, item.difficulty)
+        return ItemResult(id=item.id, correct=right, prompt_tokens=30,
+                          completion_tokens=12 if cell == "mid@high" else 4, latency_s=0.1,
+                          logprobs=[-0.01] if right else [-0.05, -1.7])
+
+    results = {c: {i.id: result(c, i) for i in items} for c in router.candidates}
+    policies = apply_policies(router, items, results, PRICES, seed=1)
+    assert policies["oracle"].cost_usd < policies["oracle-models"].cost_usd
+    assert policies["oracle"].accuracy == policies["oracle-models"].accuracy == 1.0
+    assert policies["auto"].cost_usd < policies["auto-models"].cost_usd
+    assert policies["auto"].share["mid@high"] > 0 and policies["auto-models"].share["mid@high"] == 0
+    assert policies["auto"].accuracy >= 0.97 * policies["largest@high"].accuracy
 
 
 def test_escalation_tries_more_effort_before_a_larger_model() -> None:

@@ -185,20 +185,44 @@ def _print_scorecard(scorecard: Any) -> None:
     console.print(table)
 
 
+async def _score_cells(
+    base_url: str, cells: list[str], items: list[Any], concurrency: int
+) -> dict[str, Any]:
+    """Every cell's answers: the models without thinking, then the `MODEL@high` cells
+    (the same models at reasoning_effort=high), keyed by cell."""
+    from serving.router.scorecard import base_model, cell_effort
+
+    other = sorted({cell_effort(c) for c in cells} - {None, "high"})
+    if other:
+        console.print(f"[red]cells at effort {', '.join(other)}: only high is measured "
+                      "(frugal bench eval --think)[/red]")
+        raise typer.Exit(2)
+    plain = [c for c in cells if cell_effort(c) is None]
+    high = [c for c in cells if cell_effort(c) == "high"]
+    scores = await _score_all(base_url, plain, items, concurrency, False, False)
+    if high:
+        thought = await _score_all(base_url, [base_model(c) for c in high], items,
+                                   concurrency, True, False)
+        scores.update({cell: thought[base_model(cell)] for cell in high})
+    return {cell: scores[cell] for cell in cells}
+
+
 async def _auto_over_http(
     base_url: str, items: list[Any], min_quality: float | None, concurrency: int
 ) -> list[dict[str, Any]]:
-    """`model="auto"` through the gateway: answering model, billed $ and correctness."""
+    """`model="auto"` through the gateway, stating no effort: the cell it routed to,
+    the answering model, billed $ and correctness."""
     import httpx
 
     from serving.evaluation.items import grade
+    from serving.evaluation.scoring import THINK_MAX_TOKENS
 
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
 
         async def one(item: Any) -> dict[str, Any]:
             body: dict[str, Any] = {"model": "auto", "messages": item.messages,
-                                    "temperature": 0, "max_tokens": 64}
+                                    "temperature": 0, "max_tokens": THINK_MAX_TOKENS}
             if min_quality is not None:
                 body["frugal"] = {"min_quality": min_quality}
             async with gate:
@@ -244,7 +268,8 @@ def route_command(
         "anchored on the largest model's price: a compute-bound node).",
     ),
 ) -> None:
-    """auto vs always-largest, always-smallest, random and the oracle on a held-out workload."""
+    """auto (model and effort) vs models-only auto, always-largest (with and without
+    thinking), always-smallest, random and the oracles on a held-out workload."""
     import random
 
     from serving.bench.plots import plot_route
@@ -253,6 +278,8 @@ def route_command(
         RouteReport,
         RouteResults,
         apply_policies,
+        cell_points,
+        cells_table,
         check_held_out,
         markdown_table,
         ratios,
@@ -303,9 +330,7 @@ def route_command(
                           "asking the models[/yellow]")
     reused = saved is not None
     if saved is None:
-        scores = asyncio.run(
-            _score_all(url, router.candidates, items, concurrency, False, False)
-        )
+        scores = asyncio.run(_score_cells(url, router.candidates, items, concurrency))
         unreachable = [m for m, score in scores.items() if score.errors == len(items)]
         if unreachable:  # a report of all-wrong answers would be a silent lie
             first = next(r.error for r in scores[unreachable[0]].results if r.error)
@@ -325,11 +350,15 @@ def route_command(
     )
     if reused:
         measured += f" (answers reused from {results_path.name})"
+    route_match = None
     if via_http:
+        from serving.router.runtime import ANY_EFFORT
+
         rows = asyncio.run(_auto_over_http(url, items, target, concurrency))
         counts: dict[str, int] = {}
         for row in rows:
-            counts[row["model"]] = counts.get(row["model"], 0) + 1
+            cell = row["route"].split(";", 1)[0]
+            counts[cell] = counts.get(cell, 0) + 1
         policies["auto-http"] = PolicyResult(
             cost_usd=sum(r["cost_usd"] for r in rows),
             accuracy=sum(r["correct"] for r in rows) / len(rows),
@@ -337,7 +366,11 @@ def route_command(
             escalations=sum("escalated" in r["route"] for r in rows),
             requests=len(rows),
         )
-        measured += "; auto-http: model='auto' through the gateway, cost from usage.cost"
+        offline = [router.choose(i.messages, target, ANY_EFFORT).cell for i in items]
+        route_match = sum(row["route"].split(";", 1)[0] == cell
+                          for row, cell in zip(rows, offline, strict=True)) / len(rows)
+        measured += ("; auto-http: model='auto' through the gateway, cost from usage.cost, "
+                     f"routed to the offline policy's cell for {route_match:.1%} of items")
     values, met = ratios(policies)
     report = RouteReport(
         seed=seed,
@@ -348,15 +381,18 @@ def route_command(
         prices={m: p.model_dump() for m, p in router.prices.items() if m in router.candidates},
         measured=measured + f"; prices: {price_by}",
         policies=policies,
+        cells=cell_points(router.candidates, items, results, router.prices),
         ratios=values,
         targets_met=met,
+        http_route_match=route_match,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.model_dump_json(indent=1) + "\n")
     table = markdown_table(policies)
-    out.with_suffix(".md").write_text(table + "\n")
+    out.with_suffix(".md").write_text(table + "\n\n" + cells_table(report.cells) + "\n")
     plot_route({k: v.model_dump() for k, v in policies.items()}, out.with_suffix(".png"),
-               f"routing policies, {len(items)} held-out items (seed {seed})")
+               f"routing policies, {len(items)} held-out items (seed {seed})",
+               cells={k: v.model_dump() for k, v in report.cells.items()})
     console.print(table)
     console.print(json.dumps({"ratios": values, "targets_met": met}, indent=1))
     console.print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")

@@ -83,10 +83,26 @@ def plot_scorecard(scorecard: Scorecard, out_dir: Path) -> list[Path]:
     return [pareto, by_difficulty]
 
 
-def plot_route(policies: dict[str, dict[str, Any]], out: Path, title: str) -> Path:
-    """Accuracy vs total $ per routing policy."""
+def plot_route(policies: dict[str, dict[str, Any]], out: Path, title: str,
+               cells: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Accuracy vs total $ per routing policy; with `cells`, each cell alone in grey and
+    their Pareto front (no other cell is both cheaper and more accurate)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if cells:
+        points = sorted((row["cost_usd"], row["accuracy"], name) for name, row in cells.items())
+        front, best = [], -1.0
+        for cost, accuracy, _ in points:
+            if accuracy > best:
+                front.append((cost, accuracy))
+                best = accuracy
+        ax.step([c for c, _ in front], [a for _, a in front], where="post", color="0.6",
+                linestyle="--", label="cells' Pareto front")
+        for cost, accuracy, name in points:
+            ax.scatter(cost, accuracy, s=25, color="0.6", marker="s")
+            ax.annotate(name, (cost, accuracy), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7, color="0.4")
+        ax.legend(loc="lower right", fontsize=8)
     for name, row in policies.items():
         ax.scatter(row["cost_usd"], row["accuracy"], s=50)
         ax.annotate(name, (row["cost_usd"], row["accuracy"]), textcoords="offset points",
