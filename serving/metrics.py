@@ -191,6 +191,11 @@ ROUTER_ESCALATIONS = Counter(
     ["from_model", "to_model"],
 )
 QUALITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+ROUTER_RELOADS = Counter(
+    "frugal_router_reloads",
+    "Router reloads after its scorecard or predictor changed on disk, by result.",
+    ["result"],
+)
 ROUTER_PREDICTED = Histogram(
     "frugal_router_predicted_quality",
     "Predicted success of the chosen cell at routing time.",

@@ -13,12 +13,13 @@ from typing import Any
 
 import typer
 
-from serving.bench.eval_cli import eval_command, route_command
+from serving.bench.eval_cli import eval_command, promote_command, route_command
 from serving.bench.levers_cli import levers
 
 app = typer.Typer(help="Benchmarks measured side by side in one run.", no_args_is_help=True)
 app.command("eval")(eval_command)  # the scorecard (issue 5)
 app.command("route")(route_command)  # routing policies (issue 5)
+app.command("promote")(promote_command)  # a candidate earns traffic by measurement
 app.command("levers")(levers)  # request levers (issue 7)
 
 

@@ -27,10 +27,15 @@ __all__ = ["build_scorecard", "model_hash", "suite_hash"]
 
 
 def suite_hash(items: Iterable[TaskItem]) -> str:
-    """Hash of the items' messages and answers: two scorecards compare only if equal."""
+    """Hash of the items' messages and answers: two scorecards compare only if equal.
+    An item without a checker hashes the same as a task item (a scorecard's own items
+    give back its hash)."""
     digest = hashlib.sha256()
     for item in items:
-        digest.update(json.dumps(item.model_dump(exclude={"scratchpad"}), sort_keys=True).encode())
+        fields = item.model_dump(exclude={"scratchpad"})
+        if fields.get("checker", ...) is None:
+            del fields["checker"]
+        digest.update(json.dumps(fields, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -396,3 +397,107 @@ def route_command(
     console.print(table)
     console.print(json.dumps({"ratios": values, "targets_met": met}, indent=1))
     console.print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+
+
+def promote_command(
+    candidate: str = typer.Argument(..., help="A model the YAML serves that the router's "
+                                    "scorecard does not know yet (a new checkpoint or "
+                                    "quantization)."),
+    config_path: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Deployments YAML."),
+    base_url: str | None = typer.Option(None, help="Endpoint (default: the YAML's http_options)."),
+    band: float = typer.Option(0.01, min=0, max=1, help="Quality band: promote when the "
+                               "candidate's accuracy is at least a dearer model's minus this."),
+    think: bool = typer.Option(True, help="Also score the candidate at reasoning_effort=high "
+                               "(its MODEL@high cell) when the scorecard has such cells and "
+                               "the YAML gives it a reasoning parser."),
+    concurrency: int = typer.Option(16, help="Requests in flight."),
+    yaml_out: Path | None = typer.Option(None, help="Where the YAML change goes (default: "
+                                         "beside the YAML, NAME.promoted.yaml)."),
+    dry_run: bool = typer.Option(False, help="Score and decide; write nothing."),
+) -> None:
+    """Score CANDIDATE on the scorecard's own suite; when it is cheaper than a model it
+    matches within the band, add it to the scorecard (running gateways reload it) and
+    write the YAML change."""
+    import difflib
+
+    import yaml
+
+    from serving.bench.eval import build_scorecard
+    from serving.bench.promote import decide, write_atomically, yaml_change
+    from serving.pricing import price_table
+    from serving.router.predictor import train_predictor
+    from serving.router.scorecard import Scorecard, cell_effort, cell_id
+
+    config = _load(config_path)
+    served = {m.model_id: m for m in config.models}
+    if candidate not in served:
+        console.print(f"[red]{candidate} is not served by {config_path}: add it to the YAML "
+                      "first (the router sends it nothing until it is promoted)[/red]")
+        raise typer.Exit(2)
+    if not config.router.scorecard or not Path(config.router.scorecard).exists():
+        console.print("[red]no router scorecard to promote into: run `frugal bench eval` "
+                      "first[/red]")
+        raise typer.Exit(2)
+    card_path = Path(config.router.scorecard)
+    scorecard = Scorecard.load(card_path)
+    if candidate in scorecard.models:
+        console.print(f"[red]{candidate} is already in {card_path}[/red]")
+        raise typer.Exit(2)
+    items = scorecard.items
+    url = _base_url(config, base_url)
+    console.print(f"scoring {candidate} on the scorecard's {len(items)} items via {url}")
+    scores = asyncio.run(_score_all(url, [candidate], items, concurrency, False, True))
+    if scores[candidate].errors == len(items):
+        first = next(r.error for r in scores[candidate].results if r.error)
+        console.print(f"[red]every request to {candidate} failed (first: {first}); nothing "
+                      "written[/red]")
+        raise typer.Exit(1)
+    has_cells = any(cell_effort(m) == "high" for m in scorecard.models)
+    if think and has_cells and served[candidate].engine_kwargs.get("reasoning_parser"):
+        thought = asyncio.run(_score_all(url, [candidate], items, concurrency, True, False))
+        scores[cell_id(candidate, "high")] = thought[candidate]
+    merged = build_scorecard(config, scores, items, suite=scorecard.suite,
+                             seed=scorecard.seed, keep=dict(scorecard.models))
+    prices = price_table(config, {m: c.score.throughput for m, c in merged.models.items()
+                                  if c.score.throughput is not None})
+    verdict = decide(scorecard, candidate, merged.models[candidate], prices, band)
+    _print_verdict(verdict)
+    if not verdict.promoted or dry_run:
+        if dry_run:
+            console.print("--dry-run: nothing written")
+        raise typer.Exit(0 if verdict.promoted or dry_run else 1)
+    # The predictor first: a gateway that sees the new scorecard finds its predictor.
+    if config.router.predictor:
+        predictor_path = Path(config.router.predictor)
+        tmp = predictor_path.with_name(f".{predictor_path.name}.tmp")
+        train_predictor(merged).save(tmp)
+        os.replace(tmp, predictor_path)
+    write_atomically(card_path, (merged.model_dump_json(indent=1) + "\n").encode())
+    raw = yaml.safe_load(config_path.read_text())
+    changed = yaml_change(raw, candidate, verdict.replaces)
+    target = yaml_out or config_path.with_name(f"{config_path.stem}.promoted.yaml")
+    before = yaml.safe_dump(raw, sort_keys=False).splitlines()
+    after = yaml.safe_dump(changed, sort_keys=False).splitlines()
+    target.write_text(yaml.safe_dump(changed, sort_keys=False))
+    (verdict_path := card_path.with_name("promotion.json")).write_text(
+        verdict.model_dump_json(indent=1) + "\n")
+    console.print("\n".join(difflib.unified_diff(before, after, str(config_path), str(target),
+                                                 lineterm="", n=1)))
+    console.print(f"promoted {candidate} (replaces {verdict.replaces}): wrote {card_path}, "
+                  f"{config.router.predictor or 'no predictor'}, {verdict_path} and {target}; "
+                  "running gateways reload the scorecard within router.reload_check_s")
+
+
+def _print_verdict(verdict: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"promote {verdict.candidate}: "
+                        f"{'PROMOTED' if verdict.promoted else 'not promoted'}")
+    for column in ("model", "accuracy", "$ per item"):
+        table.add_column(column)
+    for row in verdict.standings:
+        mark = " (candidate)" if row.model == verdict.candidate else (
+            " (replaced)" if row.model == verdict.replaces else "")
+        table.add_row(row.model + mark, f"{row.accuracy:.3f}", f"{row.usd_per_item:.3e}")
+    console.print(table)
+    console.print(verdict.reason)

@@ -41,6 +41,7 @@ from serving.levers.tenant import TenantLever
 from serving.pipeline.chain import Chain
 from serving.pipeline.lever import Lever
 from serving.pricing import price_table
+from serving.router.reload import RouterReloader
 from serving.router.runtime import Router
 from serving.tenants.app import Tenants
 from serving.tenants.resolver import KeyResolver
@@ -57,7 +58,7 @@ def build_chain(config: FrugalConfig, router: Router | None,
     levers: list[Lever | None] = [
         TenantLever(tenants.keys, tenants.limiter),
         BatchLever(config.batch.engine_priority) if config.batch.enabled else None,
-        RouterLever(router),
+        RouterLever(router, RouterReloader(config, router) if router is not None else None),
         CascadeLever(router) if router is not None and router.cascade else None,
         # In the chain even when no model compacts: a request may ask for it.
         CompactionLever(config, Compactor(PromptCounter(config), notes or NoteCache(None))),

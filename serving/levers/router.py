@@ -20,6 +20,7 @@ from serving.errors import APIError
 from serving.levers.reasoning import DEFAULT_EFFORT, EFFORT_LEVELS, read_ask
 from serving.pipeline.context import Endpoint, RequestContext
 from serving.pipeline.lever import Lever
+from serving.router.reload import RouterReloader
 from serving.router.runtime import ANY_EFFORT, Router
 
 AUTO = "auto"
@@ -60,8 +61,9 @@ class RouterLever(Lever):
 
     name = "router"
 
-    def __init__(self, router: Router | None) -> None:
+    def __init__(self, router: Router | None, reloader: RouterReloader | None = None) -> None:
         self.router = router
+        self.reloader = reloader  # follows the scorecard on disk (serving.router.reload)
 
     async def before(self, ctx: RequestContext) -> None:
         ctx.model = ctx.request.model
@@ -74,6 +76,8 @@ class RouterLever(Lever):
                 "(frugal bench eval writes one)",
                 param="model",
             )
+        if self.reloader is not None:
+            await self.reloader.maybe_reload()
         requested = ctx.options.min_quality if ctx.options is not None else None
         if requested is not None:
             ctx.min_quality = requested

@@ -33,6 +33,13 @@ class RouterConfig(BaseModel):
         "and effort) among all the scorecard's cells, MODEL@high ones included, and apply "
         "its effort; off: such requests go to a model as measured without thinking.",
     )
+    reload_check_s: float = Field(
+        5.0,
+        ge=0,
+        description="How often (at most, on model='auto' requests) each gateway replica "
+        "checks whether the scorecard or predictor file changed, and reloads the router "
+        "without restarting anything (`frugal bench promote`); 0: never.",
+    )
     cascade: bool = Field(True, description="Escalate low-confidence answers to a larger model.")
     escalate_below: float | None = Field(
         None,

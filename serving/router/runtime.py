@@ -124,6 +124,15 @@ class Router:
         self.hopeless_below = hopeless_below
         self.choose_effort = choose_effort
 
+    def adopt(self, other: Router) -> None:
+        """Become `other` in place (a reload): whoever holds this router sees the new
+        policy, and the price table keeps its identity (the accounting shares it)."""
+        prices = self.prices
+        vars(self).update(vars(other))
+        prices.clear()
+        prices.update(other.prices)
+        self.prices = prices
+
     def with_prices(self, prices: dict[str, Price], scorecard: Scorecard) -> Router:
         """The same policy at other prices (the cells re-ordered cheapest first)."""
         return Router(
