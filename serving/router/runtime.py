@@ -135,16 +135,11 @@ class Router:
 
     def with_prices(self, prices: dict[str, Price], scorecard: Scorecard) -> Router:
         """The same policy at other prices (the cells re-ordered cheapest first)."""
-        return Router(
-            self.predictor,
-            cheapest_first(scorecard, prices, set(self.candidates)),
-            default_min_quality=self.default_min_quality,
-            cascade=self.cascade,
-            escalate_below=self.escalate_below,
-            prices=prices,
-            hopeless_below=self.hopeless_below,
-            choose_effort=self.choose_effort,
-        )
+        policy = {name: getattr(self, name) for name in (
+            "default_min_quality", "cascade", "escalate_below", "hopeless_below",
+            "choose_effort")}
+        order = cheapest_first(scorecard, prices, set(self.candidates))
+        return Router(self.predictor, order, prices=prices, **policy)
 
     # --- building -------------------------------------------------------------------
 
