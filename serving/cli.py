@@ -1,7 +1,7 @@
 """The `frugal` command line: one entry point, one sub-command per job.
 
 This module is the composition root, and the only one that knows every layer: it adds
-`serve` and each sub-app (config, zoo, bench, cache, quantize, router, batch, keys),
+`serve`, `openapi` and each sub-app (config, zoo, bench, cache, quantize, router, batch, keys),
 each defined with its commands in its own module. No package module imports this one.
 
 Sub-command modules import their heavy dependencies (torch, vLLM, Ray) inside the
@@ -17,6 +17,7 @@ from serving.batch_cli import app as batch_app
 from serving.bench.cli import app as bench_app
 from serving.cache_cli import app as cache_app
 from serving.config_cli import app as config_app
+from serving.openapi import openapi_command
 from serving.router.cli import app as router_app
 from serving.serve_cli import serve
 from serving.tenants.cli import app as keys_app
@@ -29,6 +30,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("serve")(serve)
+app.command("openapi")(openapi_command)
 app.add_typer(config_app, name="config")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(bench_app, name="bench")

@@ -38,6 +38,7 @@ from serving.errors import APIError, error_response
 from serving.levers import build_chain
 from serving.levers.router import AUTO
 from serving.levers.tenant import bearer_token
+from serving.openapi import frugal_openapi
 from serving.pipeline.context import Endpoint, RequestContext
 from serving.pipeline.engine_call import ModelCaller
 from serving.pipeline.parse import parse_request, read_json
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("frugal.gateway")
 
 app = FastAPI(title="frugal", summary="OpenAI-compatible gateway", docs_url=None, redoc_url=None)
+app.openapi = lambda: frugal_openapi(app)  # request bodies and errors documented
 
 
 @app.exception_handler(APIError)

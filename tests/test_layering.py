@@ -176,7 +176,7 @@ def test_harmless_names_are_not_caught(tmp_path: Path, monkeypatch: pytest.Monke
 # --- the composition root -------------------------------------------------------------
 
 SUB_COMMANDS = {"serve", "config", "zoo", "bench", "cache", "quantize", "router",
-                "batch", "keys"}
+                "batch", "keys", "openapi"}
 #: What `frugal --help` must not pay for: each is imported inside a command function.
 HEAVY = {"vllm", "torch", "ray", "transformers", "numpy", "matplotlib", "httpx", "aiohttp",
          "openai", "safetensors"}

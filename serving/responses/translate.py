@@ -38,7 +38,7 @@ def parse_request(body: dict[str, Any]) -> Any:
     if isinstance(body["input"], list):
         for index, item in enumerate(body["input"]):
             kind = item.get("type", "message") if isinstance(item, dict) else None
-            if kind not in SUPPORTED_ITEMS:
+            if not isinstance(kind, str) or kind not in SUPPORTED_ITEMS:
                 raise APIError(400, f"input item type {kind!r} is not supported "
                                f"(supported: {', '.join(sorted(SUPPORTED_ITEMS))})",
                                param=f"input[{index}].type")
