@@ -186,6 +186,17 @@ def _print_scorecard(scorecard: Any) -> None:
     console.print(table)
 
 
+def _refuse_unreachable(scores: dict[str, Any], items: int, url: str) -> None:
+    """Exit 1 when every request to some model failed: a report of all-wrong answers
+    would be a silent lie."""
+    unreachable = [m for m, score in scores.items() if score.errors == items]
+    if unreachable:
+        first = next(r.error for r in scores[unreachable[0]].results if r.error)
+        console.print(f"[red]every request to {', '.join(unreachable)} failed at {url} "
+                      f"(first: {first}); nothing written[/red]")
+        raise typer.Exit(1)
+
+
 async def _score_cells(
     base_url: str, cells: list[str], items: list[Any], concurrency: int
 ) -> dict[str, Any]:
@@ -332,12 +343,7 @@ def route_command(
     reused = saved is not None
     if saved is None:
         scores = asyncio.run(_score_cells(url, router.candidates, items, concurrency))
-        unreachable = [m for m, score in scores.items() if score.errors == len(items)]
-        if unreachable:  # a report of all-wrong answers would be a silent lie
-            first = next(r.error for r in scores[unreachable[0]].results if r.error)
-            console.print(f"[red]every request to {', '.join(unreachable)} failed at {url} "
-                          f"(first: {first}); nothing written[/red]")
-            raise typer.Exit(1)
+        _refuse_unreachable(scores, len(items), url)
         saved = RouteResults(
             seed=seed, per_cell=per_cell, models={m: s.results for m, s in scores.items()}
         )
@@ -447,11 +453,7 @@ def promote_command(
     url = _base_url(config, base_url)
     console.print(f"scoring {candidate} on the scorecard's {len(items)} items via {url}")
     scores = asyncio.run(_score_all(url, [candidate], items, concurrency, False, True))
-    if scores[candidate].errors == len(items):
-        first = next(r.error for r in scores[candidate].results if r.error)
-        console.print(f"[red]every request to {candidate} failed (first: {first}); nothing "
-                      "written[/red]")
-        raise typer.Exit(1)
+    _refuse_unreachable(scores, len(items), url)
     has_cells = any(cell_effort(m) == "high" for m in scorecard.models)
     if think and has_cells and served[candidate].engine_kwargs.get("reasoning_parser"):
         thought = asyncio.run(_score_all(url, [candidate], items, concurrency, True, False))

@@ -299,14 +299,13 @@ def escalation_order(keys: list[str], answered: str) -> list[str]:
     """Where an answer by `answered` may be retried, in order: the same model's cells at
     more effort (least first), then every dearer cell of another model (cheapest
     first). `keys` is cheapest first."""
-    model, rank = base_model(answered), _EFFORT_RANK.get(cell_effort(answered), 0)
-    same = sorted(
-        (k for k in keys if base_model(k) == model and _EFFORT_RANK.get(cell_effort(k), 0) > rank),
-        key=lambda k: _EFFORT_RANK.get(cell_effort(k), 0),
-    )
-    tried = {k for k in keys if base_model(k) == model}
-    after = keys[keys.index(answered) + 1 :]
-    return same + [k for k in after if k not in tried]
+    def rank(key: str) -> int:
+        return _EFFORT_RANK.get(cell_effort(key), 0)
+
+    model = base_model(answered)
+    own = [k for k in keys if base_model(k) == model]
+    more_effort = sorted((k for k in own if rank(k) > rank(answered)), key=rank)
+    return more_effort + [k for k in keys[keys.index(answered) + 1 :] if k not in own]
 
 
 def cheapest_first(scorecard: Scorecard, prices: dict[str, Price], models: set[str]) -> list[str]:
