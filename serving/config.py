@@ -602,6 +602,37 @@ def _check_engine_kwargs(config: FrugalConfig) -> list[str]:
     return problems
 
 
+def _check_weights(config: FrugalConfig) -> list[str]:
+    """A local checkpoint whose files cannot be read: a config.json that is not JSON, or a
+    safetensors file whose header does not parse or whose size does not match it (a
+    partial copy, a truncated download). Caught here in seconds, before Ray starts,
+    instead of by each engine start that Ray Serve retries. Only the headers are read."""
+    import json
+
+    from safetensors import safe_open
+
+    problems = []
+    for index, model in enumerate(config.models):
+        folder = Path(model.model_loading_config.model_source)
+        if not folder.is_dir():  # a hub id or a GGUF file: the engine checks those
+            continue
+        where = f"models.{index}.model_loading_config.model_source"
+        try:
+            json.loads((folder / "config.json").read_text())
+        except FileNotFoundError:
+            problems.append(f"{where}: no config.json in {str(folder)!r} (not a checkpoint)")
+        except (OSError, ValueError) as exc:
+            problems.append(f"{where}: cannot read {str(folder / 'config.json')!r}: {exc}")
+        for weights in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(weights), "np"):
+                    pass
+            except Exception as exc:  # SafetensorError, OSError: all mean unreadable
+                problems.append(f"{where}: cannot read the weights {str(weights)!r}: {exc} "
+                                "(a truncated copy or a corrupt checkpoint?)")
+    return problems
+
+
 def supported_quantization() -> list[str]:
     """Quantization methods the installed vLLM accepts on this machine's device."""
     from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
@@ -638,7 +669,7 @@ def load_config(path: str | Path, *, check_engine_args: bool = False) -> FrugalC
         if value is not None:
             setattr(config.store, key, str((base_dir / os.path.expanduser(value)).resolve()))
     if check_engine_args:
-        problems += _check_engine_kwargs(config)
+        problems += _check_engine_kwargs(config) + _check_weights(config)
     if problems:
         raise ConfigError(path, problems)
     return config

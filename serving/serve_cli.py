@@ -4,9 +4,12 @@ model answers, print ready-to-paste examples, and block until interrupted."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -131,6 +134,76 @@ def _wait_engines(base_url: str, timeout_s: float) -> None:
             time.sleep(1)
 
 
+#: How often `frugal serve` asks Ray Serve whether a replica failed to start.
+START_CHECK_INTERVAL_S = 2.0
+
+
+def _last_error_line(message: str) -> str:
+    """The exception line of a Ray Serve failure message (its traceback's last line)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else message
+
+
+def failed_start(app: str = "frugal") -> str | None:
+    """What failed, naming the model, once any replica of `app` failed to start: Ray Serve
+    retries a failing constructor (each retry a whole engine start) before it gives up,
+    minutes later and naming no model; the first failure already says it all."""
+    from ray import serve
+
+    try:
+        status = serve.status().applications.get(app)
+    except Exception:  # the controller is still starting: nothing failed yet
+        return None
+    for name, deployment in (status.deployments if status else {}).items():
+        message = deployment.message or ""
+        if deployment.status in ("DEPLOY_FAILED", "UNHEALTHY") or "failed to start" in message:
+            what = f"model {name.removeprefix('model-')!r}" if name.startswith("model-") \
+                else f"deployment {name!r}"
+            cause = _root_cause(name) or _last_error_line(message)
+            return f"{what} failed to start: {cause}"
+    return None
+
+
+#: An exception line as vLLM's engine processes log it: `... ERROR ... ] KindError: text`.
+_LOGGED_EXCEPTION = re.compile(r"ERROR .*?\] ((?:\w+\.)*\w+(?:Error|Exception): .+)$")
+#: vLLM's wrappers around the root cause ("see root cause above").
+_WRAPPERS = ("initialization failed", "failed to start", "See root cause", "See stack trace")
+
+
+def _root_cause(deployment: str) -> str | None:
+    """The engine's own exception (a shape mismatch, an unknown architecture), which
+    vLLM logs from its engine processes into the replica's Ray log while the replica's
+    exception only says "Engine core initialization failed. See root cause above"."""
+    try:
+        from ray._private.worker import _global_node
+
+        logs = Path(_global_node.get_logs_dir_path())
+    except Exception:  # not the Ray that this process started: no logs to read
+        return None
+    marker = f":actor_name:ServeReplica:frugal:{deployment}"
+    for log in sorted(logs.glob("worker-*.out"), key=lambda path: path.stat().st_mtime):
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        if marker not in lines[:5]:
+            continue
+        for line in lines:
+            found = _LOGGED_EXCEPTION.search(line)
+            if found and not any(wrapper in found.group(1) for wrapper in _WRAPPERS):
+                return f"{found.group(1)} (log: {log})"
+    return None
+
+
+def _watch_start(done: threading.Event, on_failure: Callable[[str], None]) -> None:
+    """Until `done`: report the first replica that fails to start."""
+    while not done.wait(START_CHECK_INTERVAL_S):
+        failure = failed_start()
+        if failure:
+            on_failure(failure)
+            return
+
+
 def _print_kernels(models: list[str]) -> None:
     """Which CPU kernels each engine runs (CPU backend only; docs/serving.md)."""
     from ray import serve
@@ -184,10 +257,13 @@ def serve(
     from ray import serve
 
     from serving.app import build_app
+    from serving.reaper import start_reaper
 
     if config.ray.address:
         ray.init(address=config.ray.address, log_to_driver=False)
     else:
+        # Whatever kills this process, the Ray and vLLM processes it starts go too.
+        start_reaper()
         num_cpus = config.ray.num_cpus or max(MIN_LOCAL_LOGICAL_CPUS, 4 * (os.cpu_count() or 1))
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     serve.start(
@@ -198,20 +274,33 @@ def serve(
         }
     )
     stopping = False
+    failure: list[str] = []
 
     def _stop(*_: object) -> None:
         nonlocal stopping
         if stopping:
             return
         stopping = True
+        if failure:
+            console.print(f"[red]{failure[0]}[/red]", highlight=False)
         console.print("shutting down...")
         serve.shutdown()
         ray.shutdown()
-        raise SystemExit(0)
+        raise SystemExit(1 if failure else 0)
+
+    def _fail(message: str) -> None:  # from the start watcher's thread: stop in main
+        failure.append(message)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    serve.run(build_app(config), name="frugal", route_prefix="/", blocking=False)
+    started = threading.Event()
+    threading.Thread(target=_watch_start, args=(started, _fail), daemon=True).start()
+    try:
+        serve.run(build_app(config), name="frugal", route_prefix="/", blocking=False)
+    except RuntimeError as exc:  # Ray Serve gave up on a deployment
+        failure.append(failed_start() or f"deploying failed: {exc}")
+        _stop()
     shown_host = "127.0.0.1" if http.host in ("0.0.0.0", "::") else http.host
     base_url = f"http://{shown_host}:{http.port}/v1"
     models = [m.model_id for m in config.models]
@@ -222,8 +311,9 @@ def serve(
         else:
             _wait_ready(base_url, models, ready_timeout, keys[0] if keys else None)
     except TimeoutError as exc:
-        console.print(f"[red]{exc}[/red]")
+        failure.append(str(exc))
         _stop()
+    started.set()
     _print_kernels(models)
     console.print(f"[green]frugal is serving[/green] {', '.join(models)} on {base_url}")
     console.print(_examples(base_url, models[0]), highlight=False)

@@ -6,7 +6,7 @@ import pytest
 
 from serving.bench.loadgen import (
     RequestSample,
-    _has_text,
+    has_text,
     chat_body,
     mean_result,
     percentile,
@@ -57,10 +57,10 @@ def test_mean_of_rounds_weighs_rounds_equally() -> None:
 
 
 def test_first_token_is_the_first_chunk_with_text() -> None:
-    assert not _has_text({"choices": [{"delta": {"role": "assistant", "content": ""}}]})
-    assert _has_text({"choices": [{"delta": {"content": "4"}}]})
-    assert _has_text({"choices": [{"delta": {"reasoning": "think"}}]})
-    assert not _has_text({"choices": [], "usage": {"completion_tokens": 64}})
+    assert not has_text({"choices": [{"delta": {"role": "assistant", "content": ""}}]})
+    assert has_text({"choices": [{"delta": {"content": "4"}}]})
+    assert has_text({"choices": [{"delta": {"reasoning": "think"}}]})
+    assert not has_text({"choices": [], "usage": {"completion_tokens": 64}})
 
 
 def test_body_asks_for_exact_length_and_usage() -> None:

@@ -9,6 +9,7 @@ import json
 import httpx
 import openai
 import pytest
+from helpers import gateway_urls
 
 pytestmark = pytest.mark.server
 MODEL = "zoo-s"
@@ -32,18 +33,21 @@ def test_create_retrieve_delete(client: openai.OpenAI) -> None:
         client.responses.retrieve(response.id)
 
 
-def test_a_conversation_continues_by_previous_response_id(client: openai.OpenAI) -> None:
-    first = client.responses.with_raw_response.create(
-        model=MODEL, input="What is 2 + 3?", max_output_tokens=8, temperature=0.0)
-    second = client.responses.with_raw_response.create(
-        model=MODEL, input="And 4 + 4?", max_output_tokens=8, temperature=0.0,
-        previous_response_id=first.parse().id)
+def test_a_conversation_continues_by_previous_response_id(server) -> None:
+    """The second turn goes to the other gateway replica (each serves its own port): the
+    first turn's stored response is read from the shared store, not a replica's memory."""
+    first_url, second_url = gateway_urls(server.base_url)[:2]
+    first = openai.OpenAI(base_url=first_url, api_key="unused", max_retries=0).responses \
+        .with_raw_response.create(model=MODEL, input="What is 2 + 3?", max_output_tokens=8,
+                                  temperature=0.0)
+    second = openai.OpenAI(base_url=second_url, api_key="unused", max_retries=0).responses \
+        .with_raw_response.create(model=MODEL, input="And 4 + 4?", max_output_tokens=8,
+                                  temperature=0.0, previous_response_id=first.parse().id)
+    assert first.headers["x-frugal-replica"] != second.headers["x-frugal-replica"]
     one, two = first.parse(), second.parse()
     assert two.previous_response_id == one.id
     # the second turn's prompt holds the first question and answer
     assert two.usage.input_tokens > one.usage.input_tokens + 5
-    print("replicas:", first.headers.get("x-frugal-replica"),
-          second.headers.get("x-frugal-replica"))
 
 
 def test_streaming_events(client: openai.OpenAI) -> None:

@@ -324,3 +324,62 @@ def bill(
     waterfall(report, target / "waterfall.png")
     publish(report, target / "bill.prom", pushgateway)
     print(text)
+
+
+@app.command("load")
+def load(
+    config: str = typer.Option("deployments/local.yaml", help="Deployments YAML to serve."),
+    model: str = typer.Option("zoo-s", help="The model the load goes to."),
+    multipliers: str = typer.Option("4:120,16:30", help="Phases as MULTIPLIER:SECONDS of "
+                                                          "nominal concurrency, in order."),
+    rounds: int = typer.Option(2, min=1, help="Rounds of all phases (memory is read after "
+                                              "each, so growth shows round over round)."),
+    max_tokens: int = typer.Option(16, min=1, help="Output tokens per request (ignore_eos)."),
+    nominal: int = typer.Option(0, min=0, help="Nominal concurrency; 0: the model's "
+                                               "max_ongoing_requests x replicas."),
+    out: str = typer.Option("docs/bench/load", help="Where results.json/.md go."),
+) -> None:
+    """The server at multiples of its nominal concurrency: every request answered or shed
+    with Retry-After (0 lost), latency percentiles, shed rate, memory round over round."""
+    import tempfile
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from serving.bench.load_bench import markdown, run_load_bench
+    from serving.config import ConfigError, load_config
+    from serving.evaluation.launcher import frugal_server
+
+    console = Console(stderr=True)
+    try:
+        served = load_config(config)
+    except ConfigError as exc:
+        console.print(f"[red]invalid config[/red]\n{exc.render()}")
+        raise typer.Exit(1) from None
+    try:
+        target = served.model(model)
+    except KeyError:
+        console.print(f"[red]{config} serves no model {model!r}[/red]")
+        raise typer.Exit(1) from None
+    deployment = target.deployment_config
+    replicas = deployment.num_replicas or (
+        deployment.autoscaling_config.max_replicas if deployment.autoscaling_config else 1)
+    command = (f"frugal bench load --config {config} --model {model} --multipliers "
+               f"{multipliers} --rounds {rounds} --max-tokens {max_tokens}"
+               + (f" --nominal {nominal}" if nominal else ""))
+    nominal = nominal or deployment.max_ongoing_requests * replicas
+    phases = [(int(m), float(s)) for m, s in
+              (part.split(":") for part in multipliers.split(","))]
+    with tempfile.TemporaryDirectory(prefix="frugal-load-") as state:
+        served.store.state_dir = state  # the bench's own store, not the YAML's
+        console.print(f"starting frugal on {config}...")
+        with frugal_server(served.model_dump(mode="json", exclude_none=True)) as server:
+            report = run_load_bench(server.url, server.session_id, model, nominal=nominal,
+                                    phases=phases, rounds=rounds, max_tokens=max_tokens,
+                                    command=command, say=console.print)
+    target_dir = Path(out)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    text = markdown(report)
+    (target_dir / "results.md").write_text(text)
+    (target_dir / "results.json").write_text(report.model_dump_json(indent=1) + "\n")
+    print(text)

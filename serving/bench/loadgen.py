@@ -108,7 +108,7 @@ def chat_body(model: str, prompt: str, max_tokens: int, stream: bool = True) -> 
     return body
 
 
-def _has_text(chunk: dict[str, Any]) -> bool:
+def has_text(chunk: dict[str, Any]) -> bool:
     """True for a chunk carrying generated text (answer or reasoning); vLLM's first
     chunk only announces the role and does not count as the first token."""
     for choice in chunk.get("choices") or []:
@@ -142,7 +142,7 @@ async def send_one(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) 
                     chunk = json.loads(raw[6:])
                     if "error" in chunk:
                         return _failed(started, f"in-stream error: {chunk['error']}")
-                    if ttft is None and _has_text(chunk):
+                    if ttft is None and has_text(chunk):
                         ttft = time.perf_counter() - started
                     if chunk.get("usage"):
                         tokens = chunk["usage"].get("completion_tokens")
