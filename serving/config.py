@@ -620,15 +620,18 @@ def _check_weights(config: FrugalConfig) -> list[str]:
         try:
             json.loads((folder / "config.json").read_text())
         except FileNotFoundError:
-            problems.append(f"{where}: no config.json in {str(folder)!r} (not a checkpoint)")
+            problems.append(f"{where}: model {model.model_id!r}: no config.json in "
+                            f"{str(folder)!r} (not a checkpoint)")
         except (OSError, ValueError) as exc:
-            problems.append(f"{where}: cannot read {str(folder / 'config.json')!r}: {exc}")
+            problems.append(f"{where}: model {model.model_id!r}: cannot read "
+                            f"{str(folder / 'config.json')!r}: {exc}")
         for weights in sorted(folder.glob("*.safetensors")):
             try:
                 with safe_open(str(weights), "np"):
                     pass
             except Exception as exc:  # SafetensorError, OSError: all mean unreadable
-                problems.append(f"{where}: cannot read the weights {str(weights)!r}: {exc} "
+                problems.append(f"{where}: model {model.model_id!r}: cannot read the weights "
+                                f"{str(weights)!r}: {exc} "
                                 "(a truncated copy or a corrupt checkpoint?)")
     return problems
 

@@ -383,3 +383,63 @@ def load(
     (target_dir / "results.md").write_text(text)
     (target_dir / "results.json").write_text(report.model_dump_json(indent=1) + "\n")
     print(text)
+
+
+@app.command("faults")
+def faults(
+    model_path: str = typer.Option("zoo/zoo-s", help="Checkpoint of the faults' server."),
+    out: str = typer.Option("docs/bench/faults", help="Where results.json/.md go."),
+) -> None:
+    """Faults on a real server: frugal serve killed at three moments (processes left),
+    an engine and a gateway replica killed (what clients see, time to recover), kill -9
+    and restart (time to ready, stored state intact), checkpoints that cannot load."""
+    import tempfile
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from serving.bench import faults as f
+    from serving.bench.faults import FaultsReport, markdown
+    from serving.evaluation.launcher import Spawned, stop_session
+
+    console = Console(stderr=True)
+    path = _checkpoint(model_path, console).resolve()
+    model = path.name
+    command = f"frugal bench faults --model-path {model_path}"
+    with tempfile.TemporaryDirectory(prefix="frugal-faults-") as scratch:
+        root = Path(scratch)
+        config = f.fault_config(path, root / "state", model)
+        kills = []
+        for moment in f.MOMENTS:
+            console.print(f"killing frugal serve at: {moment}...")
+            kills.append(f.kill_server(config, moment, log_dir=root / "logs"))
+            console.print(f"  {kills[-1]}")
+        console.print("engine and gateway replica faults...")
+        server = Spawned(config, log_dir=root / "logs")
+        try:
+            url = server.wait_ready()
+            recoveries = [f.kill_engine(url, model)]
+            console.print(f"  {recoveries[-1]}")
+            other = url.rsplit(":", 1)[0] + f":{server.port + 1}/v1"
+            recoveries.append(f.kill_gateway_replica(other, url, model))
+            console.print(f"  {recoveries[-1]}")
+        finally:
+            stop_session(server.process)
+            server.close_log()
+        console.print("kill -9 and restart on the same store...")
+        restart = f.restart_with_store(config, model, log_dir=root / "logs")
+        console.print(f"  {restart}")
+        failures = []
+        for case, broken in f.broken_checkpoints(path, root / "broken").items():
+            console.print(f"a checkpoint that cannot load: {case}...")
+            bad = f.fault_config(broken, root / "state-bad", model)
+            failures.append(f.failed_start(bad, case, model, log_dir=root / "logs"))
+            console.print(f"  {failures[-1]}")
+    report = FaultsReport(command=command, kills=kills, recoveries=recoveries,
+                          restart=restart, start_failures=failures)
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    text = markdown(report)
+    (target / "results.md").write_text(text)
+    (target / "results.json").write_text(report.model_dump_json(indent=1) + "\n")
+    print(text)

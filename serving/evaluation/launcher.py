@@ -36,6 +36,7 @@ LOG_TAIL_LINES = 20
 __all__ = [
     "START_TIMEOUT_S",
     "Running",
+    "Spawned",
     "free_port",
     "frugal_command",
     "frugal_server",
@@ -146,6 +147,58 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
+class Spawned:
+    """`frugal serve` started in a session of its own: its process, port, log, and the
+    URL of its READY line once printed (`ready`)."""
+
+    def __init__(self, config: dict[str, Any], *, log_dir: Path | None = None,
+                 env: dict[str, str] | None = None, cwd: Path | None = None,
+                 port: int | None = None) -> None:
+        import yaml
+
+        self.port = port or free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.config = {**config, "http_options": {**config.get("http_options", {}),
+                                                  "host": "127.0.0.1", "port": self.port}}
+        self.log_path = log_file(log_dir, f"frugal-{self.port}.log")
+        config_path = self.log_path.with_suffix(".yaml")
+        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self._log = self.log_path.open("a")
+        self.process = subprocess.Popen([*frugal_command(), "serve", str(config_path)],
+                                        stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                        start_new_session=True, env=env, cwd=cwd)
+        self.ready: list[str] = []
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:  # the READY line arrives on stdout; keep the rest in the log
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._log.write(line)
+            self._log.flush()
+            if line.startswith("READY "):
+                self.ready.append(line.split()[1].strip())
+
+    @property
+    def session_id(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> str:
+        """The READY URL; RuntimeError with the log's tail if it exits or times out."""
+        deadline = time.monotonic() + timeout_s
+        while not self.ready:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"frugal serve exited with {self.process.returncode}; "
+                                   f"log: {self.log_path}:\n{_tail(self.log_path)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"frugal serve not ready after {timeout_s:.0f}s; log: "
+                                   f"{self.log_path}:\n{_tail(self.log_path)}")
+            time.sleep(1)
+        return self.ready[0]
+
+    def close_log(self) -> None:
+        self._log.close()
+
+
 @contextlib.contextmanager
 def frugal_server(
     config: dict[str, Any], *, log_dir: Path | None = None, env: dict[str, str] | None = None,
@@ -163,41 +216,11 @@ def frugal_server(
     repository there is what runs.
     """
     import httpx
-    import yaml
 
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    config = {**config, "http_options": {**config.get("http_options", {}),
-                                         "host": "127.0.0.1", "port": port}}
-    log_path = log_file(log_dir, f"frugal-{port}.log")
-    config_path = log_path.with_suffix(".yaml")
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    log = log_path.open("w")
-    process = subprocess.Popen([*frugal_command(), "serve", str(config_path)],
-                               stdout=subprocess.PIPE, stderr=log, text=True,
-                               start_new_session=True, env=env, cwd=cwd)
-    ready: list[str] = []
-
-    def watch() -> None:  # the READY line arrives on stdout; keep the rest in the log
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            log.flush()
-            if line.startswith("READY "):
-                ready.append(line.split()[1].strip())
-
-    threading.Thread(target=watch, daemon=True).start()
+    spawned = Spawned(config, log_dir=log_dir, env=env, cwd=cwd)
+    process, port, log_path = spawned.process, spawned.port, spawned.log_path
     try:
-        deadline = time.monotonic() + timeout_s
-        while not ready:
-            if process.poll() is not None:
-                raise RuntimeError(f"frugal serve exited with {process.returncode}; log: "
-                                   f"{log_path}:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"frugal serve not ready after {timeout_s:.0f}s; log: "
-                                   f"{log_path}:\n{_tail(log_path)}")
-            time.sleep(1)
-        url = ready[0]
+        url = spawned.wait_ready(timeout_s)
         keys = (config.get("gateway") or {}).get("api_keys") or []
         auth = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
         tenants_only = bool((config.get("tenants") or {}).get("enabled")) and not keys
@@ -210,4 +233,4 @@ def frugal_server(
         if ray_stop:
             subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, check=False)
         wait_port_free(port)
-        log.close()
+        spawned.close_log()
