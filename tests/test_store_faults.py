@@ -1,4 +1,4 @@
-"""A full or read-only store on a real filesystem: a 2 MB tmpfs (tests/tinydisk.py) that
+"""A full or read-only store on a real filesystem: a 2 MB tmpfs (`tiny_disk`) that
 a test fills up or remounts read-only, so SQLite and the blob directory get the
 kernel's own ENOSPC and EROFS. Every write is refused as `StoreUnavailable` saying what
 is wrong; nothing half-written is left (no temp file, no row without its bytes, the
@@ -19,13 +19,11 @@ import io
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg.errors
 import pytest
 import sqlalchemy.exc
-from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, func, make_url, select, text
 
 from serving.batch.admission import BatchAdmission
@@ -40,27 +38,9 @@ from serving.store.faults import StoreFault, StoreUnavailable, classify
 from serving.store.tables import CompactionNoteRow, KeyLedgerRow, KeySpendRow
 from serving.tenants.keys import KeySettings
 from serving.tenants.store import KeyStore
-from tests.tinydisk import TinyDisk, integrity
+from tests.tinydisk import integrity, store_errors
 
 FULL, READ_ONLY = StoreFault.FULL, StoreFault.READ_ONLY
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[TinyDisk]:
-    """The store's directory on a 2 MB tmpfs of its own, unmounted afterwards."""
-    tiny = TinyDisk(tmp_path / "store", size_kb=2048)
-    try:
-        tiny.mount()
-    except (RuntimeError, OSError) as exc:
-        pytest.fail(f"cannot mount a tmpfs for the store (these tests need root and "
-                    f"mount(8)): {exc}", pytrace=False)
-    yield tiny
-    tiny.unmount()
-
-
-def store_errors(kind: str, where: str) -> float:
-    return REGISTRY.get_sample_value(
-        "frugal_store_errors_total", {"kind": kind, "where": where}) or 0.0
 
 
 class Stores:
@@ -133,8 +113,8 @@ def test_a_real_postgresql_database_set_read_only_refuses_writes(postgres_url):
 # --- the stores on a full or read-only disk -----------------------------------------
 
 
-def test_a_full_disk_refuses_every_write_and_corrupts_nothing(disk):
-    stores = Stores(disk.root)
+def test_a_full_disk_refuses_every_write_and_corrupts_nothing(tiny_disk):
+    stores = Stores(tiny_disk.root)
     data = b'{"custom_id": "a"}\n' * 100
     kept = stores.batches.create_file("anonymous", "batch", "in.jsonl", io.BytesIO(data))
     batch = stores.batches.create_batch("anonymous", kept.id, "/v1/chat/completions",
@@ -151,7 +131,7 @@ def test_a_full_disk_refuses_every_write_and_corrupts_nothing(disk):
             "resp_2", "anonymous", {"id": "resp_2"}, [{"role": "user", "content": "x" * 9000}]),
         "reserve a budget": lambda: stores.keys.reserve(key, 0.5),
     }
-    disk.fill()
+    tiny_disk.fill()
     for what, write in writes.items():
         with pytest.raises(StoreUnavailable) as info:
             write()
@@ -162,8 +142,8 @@ def test_a_full_disk_refuses_every_write_and_corrupts_nothing(disk):
     assert b"".join(stores.batches.file_bytes("anonymous", kept.id)) == data
     assert stores.batches.get_batch("anonymous", batch.id).status == "validating"
     assert stores.responses.get("resp_1", "anonymous").body == {"id": "resp_1"}
-    assert sorted((disk.root / "files").iterdir()) == [disk.root / "files" / kept.id]
-    disk.free()
+    assert [p.name for p in (tiny_disk.root / "files").iterdir()] == [kept.id]
+    tiny_disk.free()
     assert integrity(stores.db) == "ok"
     for write in writes.values():  # the same calls, no restart
         write()
@@ -172,21 +152,21 @@ def test_a_full_disk_refuses_every_write_and_corrupts_nothing(disk):
     assert integrity(stores.db) == "ok"
 
 
-def test_an_upload_whose_bytes_fit_but_whose_row_does_not_leaves_no_file(disk):
-    stores = Stores(disk.root)
-    disk.fill(leave_kb=16)  # room for the bytes, none for the database's write
+def test_an_upload_whose_bytes_fit_but_whose_row_does_not_leaves_no_file(tiny_disk):
+    stores = Stores(tiny_disk.root)
+    tiny_disk.fill(leave_kb=16)  # room for the bytes, none for the database's write
     with pytest.raises(StoreUnavailable):
         stores.batches.create_file("anonymous", "batch", "in.jsonl",
                                    io.BytesIO(b"x" * 16 * 1024))
-    assert list((disk.root / "files").iterdir()) == []  # no bytes without a row
+    assert list((tiny_disk.root / "files").iterdir()) == []  # no bytes without a row
     assert stores.batches.list_files("anonymous", None, 10, None, False) == ([], False)
-    disk.free()
+    tiny_disk.free()
     stores.batches.create_file("anonymous", "batch", "in.jsonl", io.BytesIO(b"x" * 16 * 1024))
     assert integrity(stores.db) == "ok"
 
 
-def test_a_read_only_store_refuses_writes_and_takes_them_once_writable(disk):
-    stores = Stores(disk.root)
+def test_a_read_only_store_refuses_writes_and_takes_them_once_writable(tiny_disk):
+    stores = Stores(tiny_disk.root)
     data = b'{"custom_id": "a"}\n'
     kept = stores.batches.create_file("anonymous", "batch", "in.jsonl", io.BytesIO(data))
     stores.responses.save("resp_1", "anonymous", {"id": "resp_1"}, [])
@@ -198,7 +178,7 @@ def test_a_read_only_store_refuses_writes_and_takes_them_once_writable(disk):
         "store a response": lambda: stores.responses.save(
             "resp_2", "anonymous", {"id": "resp_2"}, []),
     }
-    disk.read_only()
+    tiny_disk.read_only()
     for what, write in writes.items():
         with pytest.raises(StoreUnavailable) as info:
             write()
@@ -209,7 +189,7 @@ def test_a_read_only_store_refuses_writes_and_takes_them_once_writable(disk):
         stores.responses.get("resp_1", "anonymous")
     assert info.value.fault is READ_ONLY
     assert b"".join(stores.batches.blobs.iter_bytes(kept.id)) == data  # bytes are there
-    disk.writable()
+    tiny_disk.writable()
     for write in writes.values():
         write()
     assert stores.responses.get("resp_1", "anonymous").body == {"id": "resp_1"}
@@ -217,27 +197,27 @@ def test_a_read_only_store_refuses_writes_and_takes_them_once_writable(disk):
     assert integrity(stores.db) == "ok"
 
 
-def test_compaction_notes_are_not_cached_in_a_full_store_and_requests_go_on(disk):
-    stores = Stores(disk.root)
+def test_compaction_notes_are_not_cached_in_a_full_store_and_requests_go_on(tiny_disk):
+    stores = Stores(tiny_disk.root)
     notes = NoteCache(stores.sessions)
     asyncio.run(notes.put("before", "an old note"))
     counted = store_errors("full", "compaction")
-    disk.fill()
+    tiny_disk.fill()
     asyncio.run(notes.put("during", "a new note"))  # no exception: the request goes on
     assert store_errors("full", "compaction") == counted + 1
     assert asyncio.run(notes.longest(["during"])) == (0, "a new note")  # this replica's
-    disk.free()
+    tiny_disk.free()
     with stores.sessions() as session:
         assert session.scalar(select(func.count()).select_from(CompactionNoteRow)) == 1
-    disk.read_only()
+    tiny_disk.read_only()
     fresh = NoteCache(stores.sessions)  # nothing in memory: it must ask the store
     assert asyncio.run(fresh.longest(["before"])) is None  # refused reads are misses
     assert store_errors("read_only", "compaction") >= 1
-    disk.writable()
+    tiny_disk.writable()
     assert asyncio.run(fresh.longest(["before"])) == (0, "an old note")
 
 
-def test_a_settlement_the_full_store_refuses_is_written_later(disk):
+def test_a_settlement_the_full_store_refuses_is_written_later(tiny_disk):
     """The answer reaches the client; its bill waits in memory and reaches the ledger
     with the next settlement after space is freed (fake engine)."""
     from serving.pipeline.context import Endpoint, RequestContext
@@ -246,7 +226,7 @@ def test_a_settlement_the_full_store_refuses_is_written_later(disk):
     from serving.tenants.resolver import KeyResolver
     from tests.fake_engine import FakeEngine, chat, fake_pipeline
 
-    stores = Stores(disk.root)
+    stores = Stores(tiny_disk.root)
     record, token = stores.keys.create(KeySettings(name="team", budget_usd=10.0))
     engine = FakeEngine("small", delay_s=2.0)
     pipeline = fake_pipeline(
@@ -262,7 +242,7 @@ def test_a_settlement_the_full_store_refuses_is_written_later(disk):
         if fill_during:  # the budget is reserved; the disk fills while the model runs
             while not engine.requests or ctx.reservation is None:
                 await asyncio.sleep(0.01)
-            disk.fill()
+            tiny_disk.fill()
         return (await call).status
 
     counted = store_errors("full", "ledger")
@@ -270,7 +250,7 @@ def test_a_settlement_the_full_store_refuses_is_written_later(disk):
     assert asyncio.run(ask(fill_during=True)) == 200
     assert store_errors("full", "ledger") == counted + 1
     assert len(pipeline.chain.lever("budget").unsettled) == 1
-    disk.free()
+    tiny_disk.free()
     engine.requests.clear()
     assert asyncio.run(ask(fill_during=False)) == 200
     assert not pipeline.chain.lever("budget").unsettled
@@ -281,13 +261,13 @@ def test_a_settlement_the_full_store_refuses_is_written_later(disk):
     assert integrity(stores.db) == "ok"
 
 
-def test_a_batch_pauses_while_the_disk_is_full_and_ends_with_every_line_once(disk):
+def test_a_batch_pauses_while_the_disk_is_full_and_ends_with_every_line_once(tiny_disk):
     """Lines answered while the store refuses commits are neither failed nor lost nor
     run again: the job pauses with its answers in memory and resumes by itself once
     space is freed (fake engine)."""
     from tests.fake_engine import FakeEngine, chat, fake_pipeline
 
-    stores = Stores(disk.root)
+    stores = Stores(tiny_disk.root)
     lines = [json.dumps({"custom_id": f"c{i}", "method": "POST",
                          "url": "/v1/chat/completions", "body": chat()}) for i in range(60)]
     source = stores.batches.create_file("anonymous", "batch", "in.jsonl",
@@ -309,7 +289,7 @@ def test_a_batch_pauses_while_the_disk_is_full_and_ends_with_every_line_once(dis
         try:
             while row()["completed"] < 5:  # some lines are in, most are still to run
                 await asyncio.sleep(0.02)
-            disk.fill()
+            tiny_disk.fill()
             deadline = time.monotonic() + 60
             while len(engine.requests) < 60 or runner.jobs:  # all answered, job paused
                 assert time.monotonic() < deadline, (len(engine.requests), row())
@@ -318,7 +298,7 @@ def test_a_batch_pauses_while_the_disk_is_full_and_ends_with_every_line_once(dis
             assert paused["status"] == "in_progress" and paused["failed"] == 0
             assert paused["completed"] < 60 and runner.unsaved[batch.id]
             assert store_errors("full", "batch") > counted
-            disk.free()
+            tiny_disk.free()
             while row()["status"] != "completed":
                 assert time.monotonic() < deadline, row()["status"]
                 await asyncio.sleep(0.05)
@@ -334,4 +314,4 @@ def test_a_batch_pauses_while_the_disk_is_full_and_ends_with_every_line_once(dis
         f"c{i}" for i in range(60))
     assert done["error_file_id"] is None
     assert integrity(stores.db) == "ok"
-    assert not [name for name in disk.files() if name.endswith(".tmp")]
+    assert not [name for name in tiny_disk.files() if name.endswith(".tmp")]

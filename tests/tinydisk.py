@@ -15,8 +15,10 @@ import gc
 import os
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 
 
@@ -65,9 +67,17 @@ class TinyDisk:
 
     def read_only(self) -> None:
         """Remount read-only. Linux refuses while a file is open for writing, so every
-        pooled database connection of this process is closed first (they reopen)."""
-        release_connections()
-        _sh("mount", "-o", "remount,ro", str(self.root))
+        pooled database connection of this process is closed first (they reopen); one
+        in use by a worker thread at that moment is waited for (retried)."""
+        for attempt in range(50):
+            release_connections()
+            try:
+                _sh("mount", "-o", "remount,ro", str(self.root))
+                return
+            except RuntimeError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
 
     def writable(self) -> None:
         _sh("mount", "-o", "remount,rw", str(self.root))
@@ -86,3 +96,9 @@ def release_connections() -> None:
 def integrity(db: Path) -> str:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def store_errors(kind: str, where: str) -> float:
+    """`frugal_store_errors_total{kind, where}` in this process."""
+    return REGISTRY.get_sample_value(
+        "frugal_store_errors_total", {"kind": kind, "where": where}) or 0.0
