@@ -10,6 +10,8 @@ from http import HTTPStatus
 
 from fastapi.responses import JSONResponse
 
+from serving.store import faults
+
 _TYPES = {
     400: "BadRequestError",
     401: "AuthenticationError",
@@ -68,3 +70,10 @@ def error_response(error: APIError) -> JSONResponse:
         status_code=error.status,
         headers=error.headers,
     )
+
+
+def store_unavailable(exc: faults.StoreUnavailable) -> APIError:
+    """A full or read-only store: 503, `Retry-After`, code `store_unavailable`, and a
+    message that says which (the client's data is not lost; its write was refused)."""
+    return APIError(503, str(exc), code=faults.CODE, type_=_TYPES[503],
+                    headers={"Retry-After": str(faults.RETRY_AFTER_S)})

@@ -2,7 +2,8 @@
 
 It only composes: read and parse the request (`serving.pipeline.parse`), run it through
 the lever chain (`serving.pipeline`, order in `serving.levers`), and render the answer
-as an HTTP response. It holds no lever logic and writes no metrics.
+as an HTTP response. It holds no lever logic and writes no metrics, except the count of
+requests refused for a full or read-only store (`frugal_store_errors_total{where="api"}`).
 
 Failure contract (every error is an OpenAI error object, see `serving.errors`):
 - body not JSON, wrong field types, missing `model` -> 400; body too large -> 413;
@@ -11,6 +12,9 @@ Failure contract (every error is an OpenAI error object, see `serving.errors`):
   `insufficient_quota`; a model outside its list -> 404 (docs/tenants.md);
 - unknown model -> 404; prompt longer than the context -> 400 (vLLM's message);
 - engine overloaded (queue full) or down -> 503 with `Retry-After`; never a hang;
+- the store's disk full or read-only, for a request that must write it (uploads,
+  batches, stored responses, key budgets) -> 503 `store_unavailable` with
+  `Retry-After` (`serving.store.faults`); requests that need no store are unaffected;
 - an engine failing mid-stream -> an in-band error event of the same shape;
 - client gone -> Ray Serve cancels this call and the model call below it, which
   aborts the generation in vLLM.
@@ -34,7 +38,7 @@ from serving.batch.app import Batches, start_batches
 from serving.batch.service import BatchService
 from serving.compaction.notes import NoteCache
 from serving.config import FrugalConfig
-from serving.errors import APIError, error_response
+from serving.errors import APIError, error_response, store_unavailable
 from serving.levers import build_chain
 from serving.levers.router import AUTO
 from serving.levers.tenant import bearer_token
@@ -47,6 +51,7 @@ from serving.responses.service import ResponsesService
 from serving.responses.store import ResponseStore
 from serving.router.runtime import Router
 from serving.store.db import open_engine, session_factory
+from serving.store.faults import StoreUnavailable
 from serving.tenants.app import build_tenants
 
 if TYPE_CHECKING:
@@ -61,6 +66,14 @@ app.openapi = lambda: frugal_openapi(app)  # request bodies and errors documente
 @app.exception_handler(APIError)
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
     return error_response(exc)
+
+
+@app.exception_handler(StoreUnavailable)
+async def _store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+    """Every route's store write refused for a full or read-only disk, in one place."""
+    metrics.STORE_ERRORS.labels(exc.fault, "api").inc()
+    logger.warning("store write refused: %s", exc.fault.message)
+    return error_response(store_unavailable(exc))
 
 
 @app.exception_handler(StarletteHTTPException)

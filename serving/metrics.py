@@ -1,8 +1,9 @@
 """Prometheus metrics recorded by the gateway, correct across processes and replicas.
 
 One writer: the accounting lever (`serving.levers.accounting`) records every metric
-here from the request context, once per request, when its usage is known; the one
-exception is `TENANT_REFUSALS`, for requests refused before the chain priced them.
+here from the request context, once per request, when its usage is known; the
+exceptions are `TENANT_REFUSALS`, for requests refused before the chain priced them,
+and `STORE_ERRORS`, counted where a store write was refused.
 
 `frugal serve` points `PROMETHEUS_MULTIPROC_DIR` at a fresh directory for every Ray
 actor it starts, so gateway replicas and the vLLM engines (whose own `vllm:*` metrics
@@ -179,6 +180,16 @@ TENANT_REFUSALS = Counter(
     "frugal_tenant_refusals", "Requests refused for their API key, by key and reason.",
     ["key", "reason"],
 )
+
+# The store's disk full or read-only (serving/store/faults.py): counted where the write
+# was refused, `where` = api (a client got 503), batch (the runner waits and resumes),
+# ledger (a settlement queued for retry), compaction (a note not cached in the store).
+STORE_ERRORS = Counter(
+    "frugal_store_errors",
+    "Store writes refused because its disk is full or read-only, by kind and by what wrote.",
+    ["kind", "where"],
+)
+
 
 ROUTER_DECISIONS = Counter(
     "frugal_router_decisions",

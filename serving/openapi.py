@@ -41,7 +41,7 @@ ERROR_STATUSES = {
     "404": "Unknown model, file, batch or response",
     "413": "Request body too large",
     "429": "Rate limit or budget (with Retry-After)",
-    "503": "Overloaded or a model restarting (with Retry-After)",
+    "503": "Overloaded, a model restarting, or the store full or read-only (with Retry-After)",
 }
 
 

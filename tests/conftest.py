@@ -12,7 +12,8 @@ shares this one. It serves the demo zoo's smallest model twice over:
 
 `postgres_url` is a real PostgreSQL server for the session (tests/postgres.py), for the
 store tests that run on both SQLite and PostgreSQL; `redis_url` a real Redis
-(tests/redis_server.py), the rate limiter's shared storage.
+(tests/redis_server.py), the rate limiter's shared storage; `tiny_disk` a 2 MB tmpfs
+for a store that tests fill up or make read-only (tests/tinydisk.py).
 """
 
 from __future__ import annotations
@@ -179,6 +180,23 @@ def redis_url() -> Iterator[str]:
         except RedisUnavailable as exc:
             pytest.fail(str(exc), pytrace=False)
         yield url
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A store directory on a 2 MB tmpfs of its own (tests/tinydisk.py), that the test
+    fills up or remounts read-only; unmounted afterwards. Fails, never skips, where
+    mounting is impossible (it needs root)."""
+    from tests.tinydisk import TinyDisk
+
+    disk = TinyDisk(tmp_path / "store", size_kb=2048)
+    try:
+        disk.mount()
+    except (RuntimeError, OSError) as exc:
+        pytest.fail(f"cannot mount a tmpfs for the store (mount(8) as root): {exc}",
+                    pytrace=False)
+    yield disk
+    disk.unmount()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

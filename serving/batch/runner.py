@@ -8,6 +8,11 @@ exactly as online requests do, at batch priority (no HTTP hop per line); how man
 once is `BatchAdmission`'s decision. Results are committed in groups every 100 ms; a
 crash loses at most the uncommitted lines in flight, which are pending again and run
 again after the restart: every line ends up in the output or error file exactly once.
+
+A store that cannot take writes (disk full, read-only: `StoreUnavailable`) pauses a
+batch, never fails it: the job stops, keeps its answers not yet committed in memory,
+and the runner claims the batch again every `poll_s` until the store takes writes; a
+line whose own request hit the store (a budget, a stored response) stays pending.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from serving import metrics
 from serving.batch.admission import BatchAdmission
 from serving.batch.models import BATCH_ENDPOINTS, InputLine
 from serving.batch.store import BatchStore, LineResult
@@ -32,6 +38,7 @@ from serving.errors import APIError, error_body
 from serving.pipeline.context import Endpoint, Priority, RequestContext
 from serving.pipeline.parse import parse_request
 from serving.pipeline.pipeline import Pipeline
+from serving.store.faults import StoreFault, StoreUnavailable
 from serving.store.tables import BatchLineRow, BatchRow
 
 if TYPE_CHECKING:
@@ -55,6 +62,9 @@ class BatchRunner:
         self._task: asyncio.Task[None] | None = None
         #: Runs `/v1/responses` lines (set by serving.batch.app); None: they fail 400.
         self.responses: ResponsesService | None = None
+        #: Answers a paused job could not commit, by batch id: committed on resume.
+        self.unsaved: dict[str, list[LineResult]] = {}
+        self.store_fault: StoreFault | None = None  # the store refused our last write
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -76,9 +86,26 @@ class BatchRunner:
                         self.jobs[batch_id] = asyncio.create_task(self._job(batch_id))
                         self.jobs[batch_id].add_done_callback(
                             lambda _t, b=batch_id: self.jobs.pop(b, None))
+            except StoreUnavailable as exc:
+                self.store_refused(exc, "claiming batches")
             except Exception:
                 logger.exception("batch runner: claiming failed; retrying")
             await asyncio.sleep(self.config.poll_s)
+
+    def store_refused(self, exc: StoreUnavailable, doing: str) -> None:
+        """Count a refused store write; log when the store stops taking writes (not at
+        every retry: the runner retries every `poll_s`)."""
+        metrics.STORE_ERRORS.labels(exc.fault, "batch").inc()
+        if self.store_fault is None:
+            logger.error("batch runner: %s: %s Batches wait (nothing is failed or lost) "
+                         "and resume by themselves.", doing, exc.fault.message)
+        self.store_fault = exc.fault
+
+    def store_ok(self) -> None:
+        """A write went through (answers committed, a batch done): log the recovery."""
+        if self.store_fault is not None:
+            logger.warning("batch runner: the store takes writes again; batches resume")
+            self.store_fault = None
 
     async def _job(self, batch_id: str) -> None:
         """One batch, from wherever it stands, to its end (or until the lease is lost)."""
@@ -92,8 +119,11 @@ class BatchRunner:
             if batch.status == "in_progress":
                 await _LineJob(self, batch).run()
             await self._finish(batch_id)
+            self.store_ok()
         except asyncio.CancelledError:
             raise
+        except StoreUnavailable as exc:
+            self.store_refused(exc, f"batch {batch_id} paused")
         except Exception:
             logger.exception("batch %s: runner failed; another pass will resume it", batch_id)
         finally:
@@ -107,6 +137,9 @@ class BatchRunner:
             try:
                 held = await asyncio.to_thread(self.store.renew, self.id, batch_id,
                                                self.config.lease_s)
+            except StoreUnavailable as exc:
+                self.store_refused(exc, f"batch {batch_id}: renewing the lease")
+                continue
             except Exception:
                 logger.exception("batch %s: lease renewal failed", batch_id)
                 continue
@@ -190,17 +223,29 @@ class _LineJob:
         self.store = runner.store
         self.batch = batch
         self.endpoint = Endpoint(BATCH_ENDPOINTS[batch.endpoint])
-        self.done: list[LineResult] = []
+        self.done: list[LineResult] = runner.unsaved.pop(batch.id, [])
+        self.fault: StoreUnavailable | None = None  # a line's request hit the store
         self.tasks: set[asyncio.Task[None]] = set()
         self.cancelled = False  # the batch is cancelling: start no more lines
         self._flushing = asyncio.Lock()  # a flush waits for the one in progress
 
     @property
     def stopping(self) -> bool:
-        """Cancelled, or past its window: start no more lines."""
-        return self.cancelled or time.time() > self.batch.expires_at
+        """Cancelled, past its window, or the store refused a line: start no more lines."""
+        return (self.cancelled or self.fault is not None
+                or time.time() > self.batch.expires_at)
 
     async def run(self) -> None:
+        try:
+            await self._flush()  # what a paused job of this batch answered first
+            await self._run()
+        except StoreUnavailable:
+            self.runner.unsaved[self.batch.id] = self.done  # for the resumed job
+            raise
+        if self.fault is not None:
+            raise self.fault
+
+    async def _run(self) -> None:
         flusher = asyncio.create_task(self._flush_every())
         watcher = asyncio.create_task(self._watch())
         try:
@@ -255,6 +300,8 @@ class _LineJob:
                 # line's answer. Handled as the cancellation it is, just below.
                 raise asyncio.CancelledError
             self.done.append(result)
+        except StoreUnavailable as exc:  # its request must write the store: it stays
+            self.fault = self.fault or exc  # pending, and the batch pauses
         except asyncio.CancelledError:
             if not self.runner.admission.preempted(asyncio.current_task()):
                 raise
@@ -274,6 +321,8 @@ class _LineJob:
             await asyncio.sleep(FLUSH_S)
             try:
                 await self._flush()
+            except StoreUnavailable as exc:
+                self.runner.store_refused(exc, f"batch {self.batch.id}: committing answers")
             except Exception:
                 logger.exception("batch %s: commit failed; will retry", self.batch.id)
 
@@ -287,6 +336,7 @@ class _LineJob:
             except BaseException:
                 self.done[:0] = results  # keep them for the next try
                 raise
+            self.runner.store_ok()
 
 
 async def run_line(pipeline: Pipeline, batch: BatchRow, endpoint: Endpoint,
@@ -311,7 +361,7 @@ async def run_line(pipeline: Pipeline, batch: BatchRow, endpoint: Endpoint,
         status, out = answer.status, answer.body  # type: ignore[union-attr]
     except APIError as exc:
         status, out = exc.status, error_body(exc.status, exc.message, exc.param, exc.code, exc.type)
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, StoreUnavailable):  # not the line's answer: it waits
         raise
     except Exception as exc:  # a bug or an engine crash: the line fails, the batch goes on
         logger.exception("batch %s line %d failed", batch.id, row.line)

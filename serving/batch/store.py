@@ -12,6 +12,7 @@ Callers in async code run these methods in a thread (`asyncio.to_thread`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -58,13 +59,20 @@ class BatchStore:
 
     def create_file(self, owner: str, purpose: str, filename: str, source: BinaryIO,
                     file_id: str | None = None) -> FileRow:
+        fresh = file_id is None
         file_id = file_id or new_id("file-")
-        size = self.blobs.put(file_id, source)
+        size = self.blobs.put(file_id, source)  # bytes first: no row without its bytes
         row = FileRow(id=file_id, owner=owner, purpose=purpose,
                       filename=filename.replace("\x00", "")[:512],
                       bytes=size, created_at=int(time.time()))
-        with self.sessions.begin() as session:
-            return session.merge(row)
+        try:
+            with self.sessions.begin() as session:
+                return session.merge(row)
+        except Exception:
+            if fresh:  # nobody can name these bytes; a derived id's row may exist already
+                with contextlib.suppress(Exception):
+                    self.blobs.delete(file_id)
+            raise
 
     def get_file(self, owner: str, file_id: str) -> FileRow:
         with self.sessions() as session:

@@ -5,18 +5,27 @@ reused: the summariser runs about once per few turns, and the compacted prefix s
 byte-identical, which keeps vLLM's prefix cache hitting. Two levels: a bounded LRU in this
 gateway replica, and the store's `compaction_notes` table when there is a store (shared by
 every replica, kept across restarts; rows older than `STORE_TTL_S` are pruned).
+
+A store that cannot take writes (disk full, read-only) only costs the cache: the note
+is used for this request and kept in memory, not in the store, and a lookup the store
+refuses is a miss; the request goes on (counted in `frugal_store_errors_total`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from cachetools import LRUCache
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from serving import metrics
+from serving.store.faults import StoreUnavailable
 from serving.store.tables import CompactionNoteRow
+
+logger = logging.getLogger("frugal.compaction")
 
 MEMORY_ENTRIES = 4096
 STORE_TTL_S = 7 * 24 * 3600
@@ -38,7 +47,11 @@ class NoteCache:
                 return index, note
         if self.sessions is None or not keys:
             return None
-        found = await asyncio.to_thread(self._lookup, keys)
+        try:
+            found = await asyncio.to_thread(self._lookup, keys)
+        except StoreUnavailable as exc:
+            self._refused(exc, "looked up")
+            return None
         for index in range(len(keys) - 1, -1, -1):
             if keys[index] in found:
                 self.memory[keys[index]] = found[keys[index]]
@@ -48,7 +61,15 @@ class NoteCache:
     async def put(self, key: str, note: str) -> None:
         self.memory[key] = note
         if self.sessions is not None:
-            await asyncio.to_thread(self._save, key, note)
+            try:
+                await asyncio.to_thread(self._save, key, note)
+            except StoreUnavailable as exc:
+                self._refused(exc, "stored")
+
+    @staticmethod
+    def _refused(exc: StoreUnavailable, what: str) -> None:
+        metrics.STORE_ERRORS.labels(exc.fault, "compaction").inc()
+        logger.warning("compaction note not %s: %s", what, exc.fault.message)
 
     def _lookup(self, keys: list[str]) -> dict[str, str]:
         assert self.sessions is not None

@@ -16,6 +16,12 @@ priced bill (`ctx.cost`, the number the client got in `usage.cost`).
 The reservation, not a read of the spend, is what keeps 16 concurrent requests from
 all passing a nearly spent budget: each one in flight is counted before it answers.
 A stream in flight when the budget runs out finishes; the next request is refused.
+
+A store that cannot take writes (disk full, read-only) refuses the reservation: the
+client gets the gateway's 503 `store_unavailable`. A settlement it refuses is kept in
+this replica's memory and written with the next settlement that goes through (its
+reservation holds the budget meanwhile, and the sweeper's release of it is no
+obstacle: settling a released reservation only adds the cost and the ledger row).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections import deque
+from functools import partial
 
 from serving import metrics
 from serving.config import Price
@@ -30,9 +39,14 @@ from serving.cost import PER_MILLION
 from serving.errors import APIError
 from serving.pipeline.context import Priority, RequestContext
 from serving.pipeline.lever import Lever
+from serving.store.faults import StoreUnavailable
 from serving.tenants.store import KeyStore
 
 logger = logging.getLogger("frugal.tenants")
+
+#: Settlements kept for a store that refuses writes; past this, the oldest are dropped
+#: (logged), and the sweeper releases their reservations.
+UNSETTLED_MAX = 100_000
 
 
 def prompt_bytes(request: object) -> int:
@@ -59,6 +73,8 @@ class BudgetLever(Lever):
         self.prices = prices
         self.estimate_output_tokens = estimate_output_tokens
         self.dearest = max(prices.values(), key=lambda p: p.output_per_million, default=None)
+        #: Settlements the store refused (full or read-only disk), oldest first.
+        self.unsettled: deque[partial[None]] = deque()
 
     def estimate_usd(self, ctx: RequestContext) -> float:
         prompt = prompt_bytes(ctx.request)
@@ -96,9 +112,10 @@ class BudgetLever(Lever):
         cost = ctx.cost
         if cost is None and not calls:  # refused, failed or preempted before any usage:
             # nothing billed (as in accounting), so no ledger row; give the budget back
-            await asyncio.to_thread(self.store.release, reservation)
+            # (if the store refuses, the sweeper releases it later)
+            await self._write(partial(self.store.release, reservation), keep=False)
             return
-        await asyncio.to_thread(
+        await self._write(partial(
             self.store.settle,
             reservation,
             model=ctx.model,
@@ -109,4 +126,40 @@ class BudgetLever(Lever):
             completion_tokens=sum(u.completion_tokens for u in calls),
             reasoning_tokens=sum(u.reasoning_tokens for u in calls),
             batch=ctx.priority is Priority.BATCH,
-        )
+            now=time.time(),  # the ledger row's time, also when written later
+        ), keep=True)
+
+    async def _write(self, write: partial[None], keep: bool) -> None:
+        """Run `write` (in a thread); one the store refuses is counted and, with `keep`,
+        kept for later. After one that went through, the kept ones are written."""
+        try:
+            await asyncio.to_thread(write)
+        except StoreUnavailable as exc:
+            metrics.STORE_ERRORS.labels(exc.fault, "ledger").inc()
+            if not keep:
+                return
+            if not self.unsettled:
+                logger.error("settling a key's spend: %s Settlements wait in this "
+                             "replica's memory.", exc.fault.message)
+            if len(self.unsettled) >= UNSETTLED_MAX:
+                self.unsettled.popleft()
+                logger.error("more than %d settlements wait: the oldest is dropped",
+                             UNSETTLED_MAX)
+            self.unsettled.append(write)
+            return
+        if self.unsettled:
+            await self._settle_kept()
+
+    async def _settle_kept(self) -> None:
+        kept = list(self.unsettled)
+        self.unsettled.clear()
+        for index, write in enumerate(kept):
+            try:
+                await asyncio.to_thread(write)
+            except StoreUnavailable:
+                self.unsettled.extendleft(reversed(kept[index:]))
+                return
+            except Exception:
+                logger.exception("a kept settlement failed; dropped")
+        logger.warning("the store takes writes again: %d kept settlements written",
+                       len(kept))

@@ -26,6 +26,7 @@ from serving.errors import APIError, error_body
 from serving.pipeline.chain import Chain
 from serving.pipeline.context import RequestContext
 from serving.pipeline.engine_call import ModelCaller, is_error, map_handle_error
+from serving.store.faults import StoreUnavailable
 
 
 @dataclass
@@ -79,6 +80,9 @@ class Pipeline:
             raise
         except asyncio.CancelledError:
             ctx.status = 499
+            raise
+        except StoreUnavailable:  # a budget the full or read-only store cannot reserve
+            ctx.status = 503
             raise
         except Exception:
             ctx.status = 500

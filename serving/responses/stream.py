@@ -5,7 +5,8 @@ Events, in order: `response.created`, `response.in_progress`; for the text answe
 `response.output_item.added`, `response.content_part.added`, one
 `response.output_text.delta` per chat delta, `response.output_text.done`,
 `response.content_part.done`, `response.output_item.done`; then `response.completed`
-(or `response.incomplete` at `max_output_tokens`, `response.failed` on an engine error)
+(or `response.incomplete` at `max_output_tokens`, `response.failed` on an engine error,
+or with code `store_unavailable` when `store: true` met a full or read-only store)
 with the whole response, usage and cost included. Reasoning and tool calls come in the
 final response's `output` (not as deltas).
 """
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from serving import metrics
 from serving.responses.translate import (
     _usage,
     assistant_message,
@@ -24,6 +26,7 @@ from serving.responses.translate import (
     response_object,
     sse,
 )
+from serving.store import faults
 
 
 def _chat_events(text: str) -> list[dict[str, Any]]:
@@ -132,6 +135,13 @@ class StreamTranslator:
             return
         body = response_object(self.request, self.response_id, self.model, items,
                                _usage(self.usage), self.finish_reason)
-        await self.on_done(body, assistant_message(message))
+        try:
+            await self.on_done(body, assistant_message(message))
+        except faults.StoreUnavailable as exc:  # headers are sent: say it in-band
+            metrics.STORE_ERRORS.labels(exc.fault, "api").inc()
+            body = {**body, "status": "failed",
+                    "error": {"code": faults.CODE, "message": str(exc)}}
+            yield self._event("response.failed", response=body)
+            return
         kind = "response.incomplete" if body["status"] == "incomplete" else "response.completed"
         yield self._event(kind, response=body)

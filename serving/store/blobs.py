@@ -2,16 +2,20 @@
 
 Rows in the database say which files exist; bytes live here under the file's id. A
 write goes to a temporary name, is fsynced, and is renamed into place, so a crash
-leaves either the whole file or none of it.
+leaves either the whole file or none of it; a write that fails (a full or read-only
+disk: `StoreUnavailable`) removes its temporary file and leaves no file at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
+
+from serving.store.faults import os_faults
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -40,13 +44,19 @@ class LocalBlobStore:
         final = self._path(blob_id)
         tmp = final.with_name(f".{blob_id}.{os.getpid()}.tmp")
         size = 0
-        with open(tmp, "wb") as out:
-            while chunk := source.read(1 << 20):
-                out.write(chunk)
-                size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, final)
+        try:
+            with os_faults():
+                with open(tmp, "wb") as out:
+                    while chunk := source.read(1 << 20):
+                        out.write(chunk)
+                        size += len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
         return size
 
     def open(self, blob_id: str) -> BinaryIO:
@@ -58,4 +68,5 @@ class LocalBlobStore:
                 yield data
 
     def delete(self, blob_id: str) -> None:
-        self._path(blob_id).unlink(missing_ok=True)
+        with os_faults():
+            self._path(blob_id).unlink(missing_ok=True)

@@ -4,7 +4,8 @@ SQLite runs in WAL mode with `synchronous=NORMAL`: a commit survives the process
 killed (the crash the batch guarantees are about); only a power cut may lose the last
 commits. Several gateway processes on one machine share the file (busy timeout 30 s).
 PostgreSQL is for clusters, where gateway pods on several nodes share the rows; its
-URLs always use psycopg 3 (`normalize_url`).
+URLs always use psycopg 3 (`normalize_url`). A full or read-only disk surfaces as
+`StoreUnavailable` from every statement (`serving.store.faults`), whichever database.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from serving.store.faults import StoreUnavailable, classify
 from serving.store.tables import Base
 
 
@@ -43,6 +45,18 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 (DB-API 
 _SCHEMA_LOCK = 0x66727567616C  # "frugal"
 
 
+def _raise_store_faults(engine: Engine, path: str | None) -> None:
+    """Turn the database's disk-full and read-only errors into `StoreUnavailable`, for
+    every statement, commit and connect of `engine` (SQLAlchemy rolls back first)."""
+
+    def handle_error(context) -> None:  # noqa: ANN001 (sqlalchemy's ExceptionContext)
+        fault = classify(context.original_exception, path)
+        if fault is not None:
+            raise StoreUnavailable(fault) from context.sqlalchemy_exception
+
+    event.listen(engine, "handle_error", handle_error)
+
+
 def normalize_url(url: str) -> str:
     """PostgreSQL URLs go through psycopg 3, the driver frugal installs: `postgres://`
     and `postgresql://` (what Heroku-style and operator-made Secrets hold; SQLAlchemy 2.0
@@ -63,6 +77,7 @@ def open_engine(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        _raise_store_faults(engine, path if path and path != ":memory:" else None)
         # Gateway processes starting together would each see no tables and CREATE them
         # ("table already exists" for all but one): create them under the write lock.
         with engine.begin() as conn:
@@ -70,6 +85,7 @@ def open_engine(url: str) -> Engine:
             Base.metadata.create_all(conn)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        _raise_store_faults(engine, None)
         if engine.dialect.name == "postgresql":
             # Replicas starting together would all see no tables and all CREATE them;
             # all but one then fail (duplicate pg_type row). One at a time, in one

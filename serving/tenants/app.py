@@ -7,8 +7,10 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from serving import metrics
 from serving.config import FrugalConfig
 from serving.store.db import open_engine, session_factory
+from serving.store.faults import StoreUnavailable
 from serving.tenants.limiter import RateLimiter
 from serving.tenants.resolver import KeyResolver
 from serving.tenants.store import KeyStore
@@ -38,6 +40,9 @@ class Tenants:
             try:
                 released = await asyncio.to_thread(
                     self.store.release_stale, self.reservation_ttl_s)
+            except StoreUnavailable as exc:
+                metrics.STORE_ERRORS.labels(exc.fault, "ledger").inc()
+                logger.warning("releasing stale budget reservations: %s", exc)
             except Exception:
                 logger.exception("releasing stale budget reservations failed; will retry")
             else:
