@@ -6,8 +6,8 @@ import pytest
 
 from serving.bench.loadgen import (
     RequestSample,
-    has_text,
     chat_body,
+    has_text,
     mean_result,
     percentile,
     summarize,
