@@ -117,10 +117,11 @@ def server_config(model_path: Path, chat_path: Path | None = None) -> dict:
 
 
 class ServerHandle:
-    def __init__(self, base_url: str, log_path: Path) -> None:
+    def __init__(self, base_url: str, log_path: Path, session_id: int) -> None:
         self.base_url = base_url  # ends in /v1
         self.root_url = base_url.removesuffix("/v1")
         self.log_path = log_path
+        self.session_id = session_id  # of `frugal serve`: every process of this server
 
 
 @contextlib.contextmanager
@@ -144,7 +145,7 @@ def started_server(config: dict, log_dir: Path,
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     workdir = tmp_path_factory.mktemp("server")
     with started_server(server_config(zoo_model_path("zoo-s")), workdir) as running:
-        yield ServerHandle(running.url, running.log)
+        yield ServerHandle(running.url, running.log, running.session_id)
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,10 @@ then an engine start of tens of seconds).
 So that the order of the tests does not matter, each test that needs the engine takes
 the `tight` fixture, which waits until zoo-s-tight answers: when the kill ran first, the
 next test waits for the restart instead of failing; in the usual order it costs one
-one-token request. The dead-engine test takes `tight_engine`, the engine process of a
-live zoo-s-tight, so it always kills a running engine. The healthy model, zoo-s, is never
-broken, so the client-disconnect test needs neither.
+one-token request, so the dead-engine test always kills a running engine (and waits
+for its replacement, measuring the recovery). The healthy model, zoo-s, is never
+broken, so the client-disconnect test needs neither. The gateway test kills the gateway
+replica behind the second port and waits until a new one answers there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import time
 import httpx
 import psutil
 import pytest
-from helpers import assert_disconnect_aborts, chat_body
+from helpers import assert_disconnect_aborts, chat_body, gateway_urls
+
+from serving.bench.faults import engine_of, kill_engine, kill_gateway_replica
 
 pytestmark = pytest.mark.server
 TIGHT = "zoo-s-tight"
@@ -55,12 +58,6 @@ def tight(server) -> str:
     return TIGHT
 
 
-@pytest.fixture
-def tight_engine(tight: str) -> psutil.Process:
-    """The vLLM engine process of a live zoo-s-tight, for the test that kills it."""
-    return _engine_core_of(f"model-{tight}")
-
-
 @pytest.mark.fresh_handles
 def test_overload_is_503_with_retry_after(server, tight: str) -> None:
     async def run() -> list[httpx.Response]:
@@ -85,43 +82,31 @@ def test_client_disconnect_aborts_the_generation(server) -> None:
     assert_disconnect_aborts(server.base_url, model, max_tokens=context - 64)
 
 
-def _engine_core_of(deployment: str) -> psutil.Process:
-    for process in psutil.process_iter(["cmdline"]):
-        if any(deployment in part for part in process.info["cmdline"] or []):
-            try:
-                children = process.children(recursive=True)
-            except psutil.Error:  # a replica that exited meanwhile (an earlier restart)
-                continue
-            for child in children:
-                try:
-                    if "EngineCore" in " ".join(child.cmdline()) or "EngineCore" in child.name():
-                        return child
-                except psutil.Error:
-                    continue
-    raise AssertionError(f"no engine process found for {deployment}")
-
-
-def test_dead_engine_is_503_not_a_hang(server, tight_engine: psutil.Process) -> None:
-    engine = tight_engine
-    os.kill(engine.pid, signal.SIGKILL)
-    engine.wait(timeout=30)
-    started = time.monotonic()
-    reply = httpx.post(f"{server.base_url}/chat/completions", timeout=60,
-                       json=chat_body(TIGHT, max_tokens=4))
-    assert reply.status_code == 503, reply.text
-    assert "retry-after" in reply.headers
-    assert time.monotonic() - started < 30
-    # The healthy model is unaffected.
+def test_dead_engine_is_503_then_the_model_recovers(server, tight: str) -> None:
+    """The engine killed under a probe every 0.25 s: until Ray Serve has replaced the
+    replica, every probe gets 503 with `Retry-After` (never a 500, a hang or a dropped
+    connection); then the model answers again. The healthy model is unaffected."""
+    result = kill_engine(server.base_url, tight, server.session_id)
+    print(f"{result.fault}: probes saw {result.statuses}; answered again after "
+          f"{result.recovered_s} s")
+    assert result.recovered_s is not None, result
+    assert set(result.statuses) <= {"503", "200"}, result.statuses
+    assert result.statuses.get("503", 0) >= 1  # the kill was seen, and said so
     ok = httpx.post(f"{server.base_url}/chat/completions", timeout=60,
                     json=chat_body("zoo-s", max_tokens=4))
     assert ok.status_code == 200
 
 
-def _replica_of(deployment: str) -> psutil.Process:
-    for process in psutil.process_iter(["cmdline"]):
-        if any(deployment in part for part in process.info["cmdline"] or []):
-            return process
-    raise AssertionError(f"no replica process found for {deployment}")
+def test_a_killed_gateway_replica_comes_back_and_the_other_keeps_answering(server) -> None:
+    """SIGKILL of the gateway replica behind the second port: the first keeps answering
+    (0 errors), and Ray Serve starts a new replica that answers on the freed port."""
+    first, second = gateway_urls(server.base_url)[:2]
+    result = kill_gateway_replica(second, first, "zoo-s")
+    print(f"{result.fault}: its port saw {result.statuses}; answered again after "
+          f"{result.recovered_s} s; errors on the other replica: {result.other_errors}")
+    assert result.recovered_s is not None, result
+    assert result.other_errors == 0, result
+    assert len(gateway_urls(server.base_url)) >= 2
 
 
 #: An orphaned engine process must be gone this long after its replica died
@@ -129,10 +114,10 @@ def _replica_of(deployment: str) -> psutil.Process:
 ORPHAN_DEADLINE_S = 10
 
 
-def test_engine_processes_exit_when_their_replica_is_killed(tight: str) -> None:
+def test_engine_processes_exit_when_their_replica_is_killed(server, tight: str) -> None:
     """SIGKILL of a model replica (what `ray stop --force` or a killed server does to it)
     must not leave its EngineCore and workers running, re-parented to init."""
-    engine = _engine_core_of(f"model-{tight}")
+    engine = engine_of(f"model-{tight}", server.session_id)
     replica = engine.parent()
     assert replica is not None
     engines = [engine, *engine.children(recursive=True)]

@@ -418,7 +418,7 @@ def faults(
         server = Spawned(config, log_dir=root / "logs")
         try:
             url = server.wait_ready()
-            recoveries = [f.kill_engine(url, model)]
+            recoveries = [f.kill_engine(url, model, server.session_id)]
             console.print(f"  {recoveries[-1]}")
             other = url.rsplit(":", 1)[0] + f":{server.port + 1}/v1"
             recoveries.append(f.kill_gateway_replica(other, url, model))

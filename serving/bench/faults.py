@@ -133,16 +133,16 @@ def kill_server(config: dict[str, Any], moment: str, *, log_dir: Path | None = N
         server.close_log()
 
 
-def engine_of(deployment: str) -> psutil.Process:
-    """The vLLM EngineCore process of a model replica (`model-<id>`)."""
-    for process in psutil.process_iter(["cmdline"]):
-        if any(deployment in part for part in process.info["cmdline"] or []):
-            with contextlib.suppress(psutil.Error):
-                for child in process.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        if "EngineCore" in " ".join(child.cmdline()):
-                            return child
-    raise LookupError(f"no engine process found for {deployment}")
+def engine_of(deployment: str, session_id: int) -> psutil.Process:
+    """The vLLM EngineCore process of a model replica (`model-<id>`) of the server whose
+    session is `session_id` (another server on the machine may serve the same model)."""
+    for pid in session_pids(session_id):
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            if "EngineCore" in " ".join(process.cmdline()) and any(
+                    deployment in " ".join(parent.cmdline()) for parent in process.parents()):
+                return process
+    raise LookupError(f"no engine process found for {deployment} in session {session_id}")
 
 
 def _probe(url: str, model: str) -> str:
@@ -158,11 +158,12 @@ def _probe(url: str, model: str) -> str:
     return str(reply.status_code)
 
 
-def kill_engine(url: str, model: str, *, timeout_s: float = 600.0,
+def kill_engine(url: str, model: str, session_id: int, *, timeout_s: float = 600.0,
                 interval_s: float = 0.25) -> RecoveryResult:
-    """SIGKILL the engine of `model` while probe requests arrive every `interval_s`; stop
-    at the first 200 after the kill. What the probes saw meanwhile is the client's view."""
-    engine = engine_of(f"model-{model}")
+    """SIGKILL the engine of `model` (of the server of `session_id`) while probe requests
+    arrive every `interval_s`; stop at the first 200 after the kill. What the probes saw
+    meanwhile is the client's view."""
+    engine = engine_of(f"model-{model}", session_id)
     assert _probe(url, model) == "200", f"{model} does not answer before the fault"
     statuses: Counter[str] = Counter()
     engine.kill()
