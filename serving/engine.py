@@ -219,10 +219,10 @@ class ModelEngine:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # vLLM maps its exceptions to OpenAI errors.
-            return self._error_from_exception(exc)
+            return self._error_from_exception(exc, request)
         if isinstance(result, AsyncGenerator):  # pragma: no cover - stream flag mismatch
             raise RuntimeError("non-streaming call returned a stream")
-        return result
+        return self._grammar_error(result, request)
 
     async def _stream(self, create: Any, request: Any) -> AsyncGenerator[Any, None]:
         self._raise_if_dead()
@@ -231,10 +231,10 @@ class ModelEngine:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            yield self._error_from_exception(exc)
+            yield self._error_from_exception(exc, request)
             return
         if not isinstance(result, AsyncGenerator):
-            yield result  # an ErrorResponse found before generation started
+            yield self._grammar_error(result, request)  # an ErrorResponse before generation
             return
         # Every item of a Ray streaming call is one object sent between processes: one per
         # token is what made frugal slow at high concurrency (docs/serving.md). After the
@@ -247,7 +247,30 @@ class ModelEngine:
         if self.engine.errored:
             raise EngineUnavailable(f"engine for {self.model.model_id} is not running")
 
-    def _error_from_exception(self, exc: Exception) -> Any:
+    def _grammar_error(self, result: Any, request: Any) -> Any:
+        """vLLM's 500 for a structured request whose grammar failed to compile, as the
+        client's 400.
+
+        vLLM 0.32 compiles a request's grammar in the engine core and, when that fails
+        (a regex past `VLLM_REGEX_COMPILATION_TIMEOUT_S`, e.g. 100 KB of alternatives),
+        fails only that request, as a generic 500 "Internal server error". With the
+        engine still running and no multimodal input or KV connector (the other causes
+        of a failed request), the constraint is what failed."""
+        error = getattr(result, "error", None)
+        if (error is None or error.code != HTTPStatus.INTERNAL_SERVER_ERROR
+                or error.message != "Internal server error" or self.engine.errored
+                or not _constrained(request)):
+            return result
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        param = "structured_outputs" if getattr(request, "structured_outputs", None) \
+            else "response_format"
+        return ErrorResponse(error=error.model_copy(update={
+            "code": HTTPStatus.BAD_REQUEST, "type": "BadRequestError", "param": param,
+            "message": f"{param}: the engine could not compile this constraint into a "
+                       "grammar (too complex, or it timed out); simplify it"}))
+
+    def _error_from_exception(self, exc: Exception, request: Any = None) -> Any:
         from vllm.entrypoints.serve.exception_handling.error_response import (
             create_error_response,
         )
@@ -255,10 +278,17 @@ class ModelEngine:
 
         if isinstance(exc, (EngineDeadError, EngineGenerateError)):
             raise EngineUnavailable(str(exc)) from exc
-        error = create_error_response(exc)
+        error = self._grammar_error(create_error_response(exc), request)
         if error.error.code >= HTTPStatus.INTERNAL_SERVER_ERROR:
             logger.exception("engine error for %s", self.model.model_id, exc_info=exc)
         return error
+
+
+def _constrained(request: Any) -> bool:
+    """Whether the engine decodes `request` with a grammar (structured output)."""
+    response_format = getattr(request, "response_format", None)
+    return getattr(request, "structured_outputs", None) is not None or \
+        getattr(response_format, "type", "text") not in (None, "text")
 
 
 @serve.deployment

@@ -21,7 +21,7 @@ from serving.errors import APIError
 from serving.levers import build_chain
 from serving.pipeline.context import Endpoint, RequestContext
 from serving.pipeline.lever import Lever
-from serving.pipeline.parse import parse_request
+from serving.pipeline.parse import parse_request, read_json
 from serving.pipeline.pipeline import StreamAnswer, UnaryAnswer
 
 
@@ -235,3 +235,25 @@ def test_hostile_fields_are_400_naming_the_field(field: str, value: Any, param: 
     assert caught.value.status == 400
     if param is not None:
         assert caught.value.param == param, caught.value.message
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "small", "temperature": NaN}',           # Python's json writes these
+    b'{"model": "small", "logit_bias": {"1": -Infinity}}',
+    b'{"model": "small", "logit_bias": {"1": 1e400}}',   # a float that reads as inf
+    b'{"model": "small", "seed": ' + b"9" * 5000 + b"}",  # past Python's int digit limit
+    b'{"model": "small\\ud800"}',                          # a lone surrogate escape
+    b'{"model": "\\udc00\\ud800"}',                        # a pair in the wrong order
+    b'{"model": "small\xed\xa0\x80"}',                     # a surrogate encoded as UTF-8
+    b'{"model": "caf\xe9"}',                               # Latin-1, not UTF-8
+])
+def test_what_python_json_lets_through_is_a_400(body: bytes) -> None:
+    """Each was a 500 or reached the engine on the real server (test_hostile_inputs)."""
+    with pytest.raises(APIError) as caught:
+        read_json(body, 1 << 20)
+    assert caught.value.status == 400
+
+
+def test_valid_unicode_and_a_bom_are_read() -> None:
+    body = '\ufeff{"s": "é 😀 \\ud83d\\ude00 \\\\ud800", "x": 1.5e3}'.encode()
+    assert read_json(body, 1 << 20) == {"s": "é 😀 😀 \\ud800", "x": 1500.0}

@@ -27,7 +27,13 @@ from pydantic import ValidationError
 from serving import metrics
 from serving.config import FrugalConfig, StructuredCaps
 from serving.errors import APIError
-from serving.levers.structured import CAPS_HEADER, cap_schema, unending_subschema
+from serving.levers.structured import (
+    CAPS_HEADER,
+    MAX_SCHEMA_PROPERTIES,
+    cap_schema,
+    declared_properties,
+    unending_subschema,
+)
 from serving.pipeline.context import Endpoint
 from serving.pipeline.parse import parse_request
 
@@ -490,6 +496,23 @@ def test_recursion_without_a_base_case_is_a_400_before_the_engine_is_called() ->
     assert "recursive without a base case" in caught.value.message
     assert engine.requests == []
 
+
+
+def test_a_schema_too_big_to_compile_in_time_is_a_400_before_the_engine() -> None:
+    """5,000 properties kept a real engine compiling for over 60 s (test_hostile_inputs)."""
+    nested = {"type": "object", "properties": {
+        f"o{i}": {"type": "object", "properties": {f"p{j}": {"type": "integer"} for j in range(10)}}
+        for i in range(91)}}  # 91 + 910 = 1,001 declared in all
+    assert declared_properties(nested) == MAX_SCHEMA_PROPERTIES + 1
+    engine = FakeEngine("small")
+    pipeline = fake_pipeline({"small": engine})
+    with pytest.raises(APIError) as caught:
+        asyncio.run(pipeline.run(fake_ctx(pipeline, json_schema_body(nested))))
+    assert caught.value.status == 400 and caught.value.param == "response_format"
+    assert engine.requests == []
+    del nested["properties"]["o0"]  # at the limit: served
+    asyncio.run(pipeline.run(fake_ctx(pipeline, json_schema_body(nested))))
+    assert len(engine.requests) == 1
 
 def counter(name: str, model: str) -> float:
     from prometheus_client import REGISTRY

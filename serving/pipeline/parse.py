@@ -9,6 +9,8 @@ Every problem is a 400 that names the field (`param`).
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
@@ -58,16 +60,52 @@ def validation_message(exc: ValidationError, prefix: str = "") -> tuple[str, str
     return "; ".join(lines), param or None
 
 
+#: A `\uD800`-`\uDFFF` escape: the only way a lone surrogate gets into a UTF-8 body.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+class _NotJSON(ValueError):
+    """A value JSON (RFC 8259) has no room for, though Python's json reads it."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJSON(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 reads as inf
+        raise _NotJSON(f"{text} is out of range for a number")
+    return value
+
+
 def read_json(body: bytes, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object; 413 when too large, 400 when not a JSON object."""
+    """The body as a JSON object; 413 when too large, 400 when not a JSON object.
+
+    Strict JSON, because what Python's json lets through breaks later, far from here:
+    only UTF-8 (with or without a BOM), no `NaN`/`Infinity` and no number that is
+    infinite as a float (a NaN logit bias reached the sampler), and no lone UTF-16
+    surrogate in a string (`"\\ud800"`: it cannot be encoded again, so the tokenizer,
+    Ray's serialisation or the error message that quotes it failed with a 500).
+    """
     if len(body) > max_bytes:
         raise APIError(413, f"request body exceeds {max_bytes} bytes")
     try:
-        parsed = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise APIError(400, f"request body is not valid UTF-8: {exc}") from None
+    try:
+        parsed = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except (ValueError, RecursionError) as exc:  # ValueError: also a 5,000-digit integer
         raise APIError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise APIError(400, "request body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(body):  # rare: emoji are escaped as surrogate pairs
+        try:
+            json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, "request body is not valid JSON: a string holds a lone "
+                           "UTF-16 surrogate (an unpaired \\ud800-\\udfff escape)") from None
     return parsed
 
 
