@@ -48,6 +48,8 @@ class RecoveryResult(BaseModel):
     fault: str
     statuses: dict[str, int]  # what the probe requests saw from the fault until recovery
     recovered_s: float | None  # from the fault until answered again; None: not in time
+    longest_probe_s: float = 0.0  # the longest any one probe waited for its answer
+    timeline: list[str] = []  # "t=S status (took S)" per probe, from the fault on
     other_errors: int = 0  # failures where nothing was broken (the other replica)
 
 
@@ -145,12 +147,16 @@ def engine_of(deployment: str, session_id: int) -> psutil.Process:
     raise LookupError(f"no engine process found for {deployment} in session {session_id}")
 
 
+#: How long a probe waits: a client's patience. Past it the probe counts as a hang.
+PROBE_TIMEOUT_S = 120.0
+
+
 def _probe(url: str, model: str) -> str:
     """One short chat request: its status, or the kind of connection error."""
     body = {"model": model, "messages": [{"role": "user", "content": "What is 2 + 3?"}],
             "max_tokens": 2}
     try:
-        reply = httpx.post(f"{url}/chat/completions", json=body, timeout=30)
+        reply = httpx.post(f"{url}/chat/completions", json=body, timeout=PROBE_TIMEOUT_S)
     except httpx.HTTPError as exc:
         return type(exc).__name__
     if reply.status_code in (429, 503) and "retry-after" not in reply.headers:
@@ -166,18 +172,33 @@ def kill_engine(url: str, model: str, session_id: int, *, timeout_s: float = 600
     engine = engine_of(f"model-{model}", session_id)
     assert _probe(url, model) == "200", f"{model} does not answer before the fault"
     statuses: Counter[str] = Counter()
+    timeline: list[str] = []
+    longest = 0.0
     engine.kill()
     killed_at = time.monotonic()
     engine.wait(timeout=30)
+    recovered: float | None = None
     while time.monotonic() - killed_at < timeout_s:
+        sent = time.monotonic()
         status = _probe(url, model)
+        took = time.monotonic() - sent
+        longest = max(longest, took)
         statuses[status] += 1
+        timeline.append(f"t={sent - killed_at:.1f} {status} (took {took:.1f})")
         if status == "200":
-            return RecoveryResult(fault=f"engine of {model} killed", statuses=dict(statuses),
-                                  recovered_s=time.monotonic() - killed_at)
+            recovered = time.monotonic() - killed_at
+            break
         time.sleep(interval_s)
     return RecoveryResult(fault=f"engine of {model} killed", statuses=dict(statuses),
-                          recovered_s=None)
+                          recovered_s=recovered, longest_probe_s=longest,
+                          timeline=_compress(timeline))
+
+
+def _compress(timeline: list[str], keep: int = 6) -> list[str]:
+    """The first and last probes (a long run of the same 503 says nothing new)."""
+    if len(timeline) <= 2 * keep:
+        return timeline
+    return [*timeline[:keep], f"... {len(timeline) - 2 * keep} more ...", *timeline[-keep:]]
 
 
 def _listener_of(port: int) -> psutil.Process:
