@@ -7,6 +7,10 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.evaluation.launcher import gateway_urls
+
+__all__ = ["assert_disconnect_aborts", "chat_body", "gateway_urls", "metric"]
+
 
 def metric(root_url: str, name: str, **labels: str) -> float:
     """Sum of the samples called `name` whose labels include `labels` (0 if none)."""
@@ -17,26 +21,6 @@ def metric(root_url: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
-
-
-#: `frugal serve` lets the gateway's direct ingress take `http_options.port` and the
-#: ports after it, one per gateway replica (serving/serve_cli.py).
-DIRECT_INGRESS_PORTS = 16
-
-
-def gateway_urls(base_url: str) -> list[str]:
-    """The base URL (ending in /v1) of every gateway replica of the server at `base_url`.
-    With direct ingress each replica serves HTTP on a port of its own, from the server's
-    port upwards, so a client picks its replica by port."""
-    host, port = base_url.removesuffix("/v1").rsplit(":", 1)
-    urls = []
-    for candidate in range(int(port), int(port) + DIRECT_INGRESS_PORTS):
-        try:
-            if httpx.get(f"{host}:{candidate}/health", timeout=5).status_code == 200:
-                urls.append(f"{host}:{candidate}/v1")
-        except httpx.HTTPError:
-            continue
-    return urls
 
 
 def chat_body(model: str, content: str = "What is 2 + 3?", **extra: object) -> dict:

@@ -420,8 +420,8 @@ def faults(
             url = server.wait_ready()
             recoveries = [f.kill_engine(url, model, server.session_id)]
             console.print(f"  {recoveries[-1]}")
-            other = url.rsplit(":", 1)[0] + f":{server.port + 1}/v1"
-            recoveries.append(f.kill_gateway_replica(other, url, model))
+            victim = url.rsplit(":", 1)[0] + f":{server.port + 1}/v1"
+            recoveries.append(f.kill_gateway_replica(url, victim, model))
             console.print(f"  {recoveries[-1]}")
         finally:
             stop_session(server.process)

@@ -31,7 +31,7 @@ import httpx
 import psutil
 from pydantic import BaseModel
 
-from serving.evaluation.launcher import Spawned, kill_session, session_pids
+from serving.evaluation.launcher import Spawned, gateway_urls, kill_session, session_pids
 
 #: Kill moments of `kill_server`.
 MOMENTS = ("starting", "serving", "sigterm+5s")
@@ -219,12 +219,15 @@ def _health(url: str) -> str:
         return type(exc).__name__
 
 
-def kill_gateway_replica(victim_url: str, other_url: str, model: str, *,
+def kill_gateway_replica(base_url: str, victim_url: str, model: str, *,
                          timeout_s: float = 300.0, interval_s: float = 0.25) -> RecoveryResult:
     """SIGKILL the gateway replica serving `victim_url` (its direct-ingress port) while
-    probes go to both: `statuses` is what the victim's port answered until it answered
-    again (Ray Serve starts a new replica, which binds the first free port of the
-    range: the same one), `other_errors` the failures of the other replica meanwhile."""
+    probes go to the others: `statuses` is what the victim's port answered until the
+    server had as many gateway replicas answering as before (Ray Serve starts a new
+    one, on a free port of the range: not always the same one), `other_errors` the
+    failures of the other replicas meanwhile."""
+    before = gateway_urls(base_url)
+    others = [url for url in before if url != victim_url]
     port = int(victim_url.removesuffix("/v1").rsplit(":", 1)[1])
     victim = _listener_of(port)
     statuses: Counter[str] = Counter()
@@ -232,18 +235,20 @@ def kill_gateway_replica(victim_url: str, other_url: str, model: str, *,
     victim.kill()
     killed_at = time.monotonic()
     victim.wait(timeout=30)
+    recovered: float | None = None
+    replaced: list[str] = []
     while time.monotonic() - killed_at < timeout_s:
-        if _probe(other_url, model) != "200":
-            other_errors += 1
-        status = _health(victim_url)
-        statuses[status] += 1
-        if status == "200" and _probe(victim_url, model) == "200":
-            return RecoveryResult(fault="gateway replica killed", statuses=dict(statuses),
-                                  recovered_s=time.monotonic() - killed_at,
-                                  other_errors=other_errors)
+        other_errors += sum(_probe(url, model) != "200" for url in others)
+        statuses[_health(victim_url)] += 1
+        now = gateway_urls(base_url)
+        replaced = [url for url in now if url not in others]
+        if len(now) >= len(before) and all(_probe(url, model) == "200" for url in replaced):
+            recovered = time.monotonic() - killed_at
+            break
         time.sleep(interval_s)
     return RecoveryResult(fault="gateway replica killed", statuses=dict(statuses),
-                          recovered_s=None, other_errors=other_errors)
+                          recovered_s=recovered, other_errors=other_errors,
+                          timeline=[f"replaced by {', '.join(replaced) or 'nothing'}"])
 
 
 def failed_start(config: dict[str, Any], case: str, model: str, *,

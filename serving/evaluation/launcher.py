@@ -40,6 +40,7 @@ __all__ = [
     "free_port",
     "frugal_command",
     "frugal_server",
+    "gateway_urls",
     "kill_session",
     "log_file",
     "session_pids",
@@ -115,6 +116,29 @@ def wait_port_free(port: int, timeout_s: float = 30) -> None:
             if sock.connect_ex(("127.0.0.1", port)) != 0:
                 return
         time.sleep(0.5)
+
+
+#: `frugal serve` lets the gateway's direct ingress take `http_options.port` and the
+#: ports after it, one per gateway replica (serving/serve_cli.py).
+DIRECT_INGRESS_PORTS = 16
+
+
+def gateway_urls(base_url: str) -> list[str]:
+    """The base URL (ending in /v1) of every gateway replica of the server at `base_url`.
+    With direct ingress each replica serves HTTP on a port of its own, from the server's
+    port upwards (a replica that Ray Serve restarts may take another port of the range),
+    so a client picks its replica by port."""
+    import httpx
+
+    host, port = base_url.removesuffix("/v1").rsplit(":", 1)
+    urls = []
+    for candidate in range(int(port), int(port) + DIRECT_INGRESS_PORTS):
+        try:
+            if httpx.get(f"{host}:{candidate}/health", timeout=5).status_code == 200:
+                urls.append(f"{host}:{candidate}/v1")
+        except httpx.HTTPError:
+            continue
+    return urls
 
 
 @dataclass(frozen=True)
