@@ -603,10 +603,12 @@ def _check_engine_kwargs(config: FrugalConfig) -> list[str]:
 
 
 def _check_weights(config: FrugalConfig) -> list[str]:
-    """A local checkpoint whose files cannot be read: a config.json that is not JSON, or a
+    """A local checkpoint whose files cannot be loaded: a config.json that is not JSON, a
     safetensors file whose header does not parse or whose size does not match it (a
-    partial copy, a truncated download). Caught here in seconds, before Ray starts,
-    instead of by each engine start that Ray Serve retries. Only the headers are read."""
+    partial copy, a truncated download), or tensors whose shapes disagree with the
+    architecture config.json describes (weights of another size). Caught here in
+    seconds, before Ray starts, instead of by each engine start that Ray Serve retries.
+    Only headers are read; the architecture is built on PyTorch's meta device."""
     import json
 
     from safetensors import safe_open
@@ -616,24 +618,50 @@ def _check_weights(config: FrugalConfig) -> list[str]:
         folder = Path(model.model_loading_config.model_source)
         if not folder.is_dir():  # a hub id or a GGUF file: the engine checks those
             continue
-        where = f"models.{index}.model_loading_config.model_source"
+        where = f"models.{index}.model_loading_config.model_source: model {model.model_id!r}"
         try:
-            json.loads((folder / "config.json").read_text())
+            settings = json.loads((folder / "config.json").read_text())
         except FileNotFoundError:
-            problems.append(f"{where}: model {model.model_id!r}: no config.json in "
-                            f"{str(folder)!r} (not a checkpoint)")
+            problems.append(f"{where}: no config.json in {str(folder)!r} (not a checkpoint)")
+            continue
         except (OSError, ValueError) as exc:
-            problems.append(f"{where}: model {model.model_id!r}: cannot read "
-                            f"{str(folder / 'config.json')!r}: {exc}")
+            problems.append(f"{where}: cannot read {str(folder / 'config.json')!r}: {exc}")
+            continue
+        shapes: dict[str, tuple[int, ...]] = {}
         for weights in sorted(folder.glob("*.safetensors")):
             try:
-                with safe_open(str(weights), "np"):
-                    pass
+                with safe_open(str(weights), "np") as handle:
+                    for key in handle.keys():
+                        shapes[key] = tuple(handle.get_slice(key).get_shape())
             except Exception as exc:  # SafetensorError, OSError: all mean unreadable
-                problems.append(f"{where}: model {model.model_id!r}: cannot read the weights "
-                                f"{str(weights)!r}: {exc} "
+                problems.append(f"{where}: cannot read the weights {str(weights)!r}: {exc} "
                                 "(a truncated copy or a corrupt checkpoint?)")
+        if shapes and not problems and "quantization_config" not in settings:
+            problems += [f"{where}: {line}" for line in _shape_mismatches(folder, shapes)]
     return problems
+
+
+def _shape_mismatches(folder: Path, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Tensors of the checkpoint whose shape is not the one its architecture (built from
+    config.json by transformers, on the meta device: no memory) has under that name.
+    Quantized checkpoints store packed tensors and are left to the engine, as are
+    architectures transformers does not know."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            built = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+        expected = {name: tuple(t.shape) for name, t in built.state_dict().items()}
+    except Exception:  # custom code, an unknown model_type: the engine will say
+        return []
+    wrong = [(name, shape, expected[name]) for name, shape in shapes.items()
+             if name in expected and expected[name] != shape]
+    if not wrong:
+        return []
+    name, shape, want = wrong[0]
+    return [f"{len(wrong)} tensor(s) do not fit the architecture of config.json: {name} is "
+            f"{list(shape)}, config.json makes it {list(want)} (weights of another model?)"]
 
 
 def supported_quantization() -> list[str]:

@@ -138,10 +138,18 @@ def _wait_engines(base_url: str, timeout_s: float) -> None:
 START_CHECK_INTERVAL_S = 2.0
 
 
-def _last_error_line(message: str) -> str:
-    """The exception line of a Ray Serve failure message (its traceback's last line)."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return lines[-1] if lines else message
+#: A line that states an exception: `KindError: text` or pydantic's `Value error, text`.
+_EXCEPTION_LINE = re.compile(r"^((?:\w+\.)*\w+(?:Error|Exception)\b|Value error,)")
+
+
+def _last_error_line(message: str, limit: int = 300) -> str:
+    """The exception line of a Ray Serve failure message (its traceback's last line that
+    states one; pydantic's closing link skipped), cut to `limit` characters."""
+    lines = [line.strip() for line in message.splitlines()
+             if line.strip() and not line.strip().startswith("For further information")]
+    found = next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)),
+                 lines[-1] if lines else message)
+    return found if len(found) <= limit else found[:limit] + "..."
 
 
 def failed_start(app: str = "frugal") -> str | None:
@@ -282,9 +290,10 @@ def serve(
             return
         stopping = True
         if failure:
-            console.print(f"[red]{failure[0]}[/red]", highlight=False)
+            console.print(f"[red]{failure[0]}[/red]", highlight=False, soft_wrap=True)
         console.print("shutting down...")
-        serve.shutdown()
+        if not failure:  # a graceful stop lets requests in flight finish; a failed
+            serve.shutdown()  # start has none, and Ray's shutdown ends it all at once
         ray.shutdown()
         raise SystemExit(1 if failure else 0)
 

@@ -1,10 +1,10 @@
 """A model that cannot load at start: `frugal serve` exits 1 with a message naming the
-model, in seconds, instead of waiting out Ray Serve's retries (each a whole engine
-start) and then printing a traceback that names no model.
+model and the reason, in seconds, instead of waiting out Ray Serve's retries (each a
+whole engine start) and then printing a traceback that names no model.
 
-`truncated` (half a weights file) is caught by config validation, before Ray starts;
-`mismatched` (shapes that disagree with config.json) only by the engine, whose own
-exception `frugal serve` digs out of the replica's log."""
+`truncated` (half a weights file) and `mismatched` (a config.json of another size) are
+caught by config validation before Ray starts; `unsupported` (an architecture vLLM does
+not implement) only by the engine, whose failure `frugal serve` watches for."""
 
 from __future__ import annotations
 
@@ -17,20 +17,24 @@ pytestmark = pytest.mark.slow
 
 #: Bounds well above the measured times (docs/bench/faults), for a loaded CI machine:
 #: what they rule out is the old behaviour (minutes of retries, or a hang).
-EXITS_WITHIN_S = {"truncated": 60.0, "mismatched": 240.0}
+CASES = {
+    "truncated": (60.0, "incomplete metadata"),
+    "mismatched": (60.0, "do not fit the architecture of config.json"),
+    "unsupported": (240.0, "are not supported"),
+}
 
 
-@pytest.mark.parametrize("case", ["truncated", "mismatched"])
+@pytest.mark.parametrize("case", list(CASES))
 def test_a_model_that_cannot_load_fails_fast_naming_it(case: str, tmp_path) -> None:
+    within_s, reason = CASES[case]
     broken = broken_checkpoints(zoo_model_path("zoo-s"), tmp_path / "broken")[case]
     config = fault_config(broken, tmp_path / "state", model="zoo-s")
     result = failed_start(config, case, "zoo-s", log_dir=tmp_path / "logs",
-                          timeout_s=EXITS_WITHIN_S[case] + 120)
+                          timeout_s=within_s + 120)
     print(result)
     assert result.exit_code == 1, result
     assert result.names_model, result
-    assert result.failed_after_s <= EXITS_WITHIN_S[case], result
-    log = next((tmp_path / "logs").glob("*.log")).read_text()
+    assert result.failed_after_s <= within_s, result
+    log = " ".join(next((tmp_path / "logs").glob("*.log")).read_text().split())
     assert "Traceback" not in log  # a message, not a stack dump
-    if case == "mismatched":
-        assert "must match the size of tensor" in log  # the engine's own reason
+    assert reason in log

@@ -326,20 +326,28 @@ def fault_config(model_dir: Path, state_dir: Path, model: str = "zoo-s") -> dict
 
 
 def broken_checkpoints(model_dir: Path, scratch: Path) -> dict[str, Path]:
-    """Two copies of `model_dir` that cannot load: `truncated` (half its weights file,
-    as a partial download leaves it) and `mismatched` (another model's config.json, so
-    the weights' shapes disagree with it: only the engine finds that out)."""
-    truncated = scratch / "truncated"
-    shutil.copytree(model_dir, truncated, dirs_exist_ok=True)
+    """Copies of `model_dir` that cannot load: `truncated` (half its weights file, as a
+    partial download leaves it), `mismatched` (a config.json of another size, so the
+    weights' shapes disagree with it), both caught by config validation before Ray
+    starts; and `unsupported` (an architecture vLLM does not implement), which only the
+    engine finds out."""
+    def copy(name: str) -> Path:
+        target = scratch / name
+        shutil.copytree(model_dir, target, dirs_exist_ok=True)
+        return target
+
+    truncated = copy("truncated")
     for weights in truncated.glob("*.safetensors"):
         os.truncate(weights, weights.stat().st_size // 2)
-    mismatched = scratch / "mismatched"
-    shutil.copytree(model_dir, mismatched, dirs_exist_ok=True)
+    mismatched = copy("mismatched")
     settings = json.loads((mismatched / "config.json").read_text())
     settings["hidden_size"] = settings["hidden_size"] * 3 // 2
-    settings["intermediate_size"] = settings["intermediate_size"] * 2
     (mismatched / "config.json").write_text(json.dumps(settings))
-    return {"truncated": truncated, "mismatched": mismatched}
+    unsupported = copy("unsupported")
+    settings = json.loads((unsupported / "config.json").read_text())
+    settings["architectures"] = ["FrugalNoSuchForCausalLM"]
+    (unsupported / "config.json").write_text(json.dumps(settings))
+    return {"truncated": truncated, "mismatched": mismatched, "unsupported": unsupported}
 
 
 class FaultsReport(BaseModel):
