@@ -263,10 +263,9 @@ def failed_start(config: dict[str, Any], case: str, model: str, *,
         except Exception:
             code = None
         elapsed = time.monotonic() - started
-        text = server.log_path.read_text(errors="replace")
-        lines = [line for line in text.splitlines() if model in line or "failed" in line
-                 or "cannot read" in line]
-        message = " ".join(lines[-3:])[:400]
+        text = " ".join(server.log_path.read_text(errors="replace").split())
+        at = text.find(f"model {model!r}")  # frugal's message names the model so
+        message = text[at:at + 300] if at >= 0 else text[-300:]
         return StartFailure(case=case, exit_code=code, failed_after_s=elapsed,
                             names_model=f"'{model}'" in text or f"model {model}" in text
                             or f"{model}:" in text or f"/{model}" in text,
@@ -372,15 +371,16 @@ def markdown(report: FaultsReport) -> str:
                      f"{len(kill.left)} |")
     lines += ["", "## Recovery", "",
               "| fault | what the probes saw until recovery | recovered after | "
-              "errors elsewhere |", "|---|---|---|---|"]
+              "longest wait | errors elsewhere |", "|---|---|---|---|---|"]
     for rec in report.recoveries:
         seen = ", ".join(f"{status} x{count}" for status, count in rec.statuses.items())
         lines.append(f"| {rec.fault} | {seen} | {secs(rec.recovered_s)} | "
+                     f"{f'{rec.longest_probe_s:.1f} s' if rec.longest_probe_s else '-'} | "
                      f"{rec.other_errors} |")
     restart = report.restart
     lines.append(f"| `kill -9` of every process, then `frugal serve` again | - | READY "
                  f"{restart.ready_s:.1f} s after the restart; a stored response "
-                 f"{'reads back the same' if restart.stored_intact else 'was LOST'} | - |")
+                 f"{'reads back the same' if restart.stored_intact else 'was LOST'} | - | - |")
     lines += ["", "## A model that cannot load", "",
               "| checkpoint | exit code | exited after | names the model | message |",
               "|---|---|---|---|---|"]
