@@ -193,3 +193,14 @@ def test_busy_port_is_detected_before_serving() -> None:
         port = listener.getsockname()[1]
         assert not port_is_free("127.0.0.1", port)
     assert port_is_free("127.0.0.1", port)
+
+
+def test_the_gateway_refuses_past_its_queue_with_retry_after() -> None:
+    """Ray Serve's ingress sheds past a gateway replica's queue before frugal sees the
+    request; the refusal must say when to come back, like frugal's own 503s."""
+    from serving.app import gateway_options
+
+    config = load_config(REPO / "deployments" / "local.yaml")
+    backpressure = gateway_options(config)["backpressure_config"]
+    assert backpressure.status_code == 503
+    assert backpressure.retry_after_s == config.gateway.retry_after_s
