@@ -35,6 +35,14 @@ def _checkpoint(model_path: str, console: Any) -> Any:
     return path
 
 
+def _write_results(folder: Any, text: str, data: str) -> None:
+    """A bench's results.md and results.json in `folder`; the table on stdout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.md").write_text(text)
+    (folder / "results.json").write_text(data + "\n")
+    print(text)
+
+
 @app.command("quantize")
 def quantize_bench(
     model: str = typer.Option("", help="16-bit checkpoint; default: the largest zoo model."),
@@ -377,12 +385,7 @@ def load(
             report = run_load_bench(server.url, server.session_id, model, nominal=nominal,
                                     phases=phases, rounds=rounds, max_tokens=max_tokens,
                                     command=command, say=console.print)
-    target_dir = Path(out)
-    target_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(report)
-    (target_dir / "results.md").write_text(text)
-    (target_dir / "results.json").write_text(report.model_dump_json(indent=1) + "\n")
-    print(text)
+    _write_results(Path(out), markdown(report), report.model_dump_json(indent=1))
 
 
 @app.command("faults")
@@ -437,9 +440,4 @@ def faults(
             console.print(f"  {failures[-1]}")
     report = FaultsReport(command=command, kills=kills, recoveries=recoveries,
                           restart=restart, start_failures=failures)
-    target = Path(out)
-    target.mkdir(parents=True, exist_ok=True)
-    text = markdown(report)
-    (target / "results.md").write_text(text)
-    (target / "results.json").write_text(report.model_dump_json(indent=1) + "\n")
-    print(text)
+    _write_results(Path(out), markdown(report), report.model_dump_json(indent=1))
