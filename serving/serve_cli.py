@@ -4,6 +4,7 @@ model answers, print ready-to-paste examples, and block until interrupted."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import tempfile
@@ -45,12 +46,10 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _fast_ingress(port: int) -> int:
+def _fast_ingress(host: str, port: int) -> int:
     """Direct ingress on `port` (the gateway replica binds it); returns a spare port for
     Ray's proxy, which Ray 2.60 still starts beside it. `port` itself when the operator
     turned direct ingress off."""
-    import socket
-
     for key, value in THROUGHPUT_ENV.items():
         os.environ.setdefault(key, value)
     direct = os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS",
@@ -65,8 +64,35 @@ def _fast_ingress(port: int) -> int:
     # force-killed the gateway). In-flight requests still finish: that is
     # graceful_shutdown_timeout_s, not this.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+    return spare_port(host, avoid=range(port, port + 17))
+
+
+def _ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
+def spare_port(host: str, avoid: range) -> int:
+    """A free port for Ray's proxy, below the kernel's ephemeral range. A port the OS
+    hands out for binding port 0 is an ephemeral one, and any outgoing connection may
+    take it between this check and Ray's bind: it happened once in a CI-like run
+    ("Failed to bind to address", the server never started). Outgoing connections never
+    take ports below that range."""
+    ephemeral = _ephemeral_ports()
+    ceiling = ephemeral.start if ephemeral.start > 11_000 else 65_000
+    choose = random.Random(os.getpid())  # two servers starting together differ
+    for _ in range(200):
+        candidate = choose.randrange(10_000, ceiling)
+        if candidate not in avoid and port_is_free(host, candidate):
+            return candidate
+    import socket
+
+    with socket.socket() as sock:  # nothing free there: let the OS choose after all
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -259,7 +285,7 @@ def serve(
         raise typer.Exit(1)
     proxy_port = http.port
     if not config.ray.address:  # a cluster's own env decides there (KubeRay: HAProxy)
-        proxy_port = _fast_ingress(http.port)
+        proxy_port = _fast_ingress(http.host, http.port)
 
     import ray
     from ray import serve
