@@ -84,7 +84,7 @@ def spare_port(host: str, avoid: range) -> int:
     take ports below that range."""
     ephemeral = _ephemeral_ports()
     ceiling = ephemeral.start if ephemeral.start > 11_000 else 65_000
-    choose = random.Random(os.getpid())  # two servers starting together differ
+    choose = random.SystemRandom()  # two servers starting together choose apart
     for _ in range(200):
         candidate = choose.randrange(10_000, ceiling)
         if candidate not in avoid and port_is_free(host, candidate):

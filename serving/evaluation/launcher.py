@@ -50,10 +50,11 @@ __all__ = [
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody listens on now, below the kernel's ephemeral range (an
+    outgoing connection cannot take it before the server binds it)."""
+    from serving.serve_cli import spare_port
+
+    return spare_port("127.0.0.1", avoid=range(0))
 
 
 def session_pids(session_id: int) -> list[int]:
