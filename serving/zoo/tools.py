@@ -278,7 +278,7 @@ def quick_tool_accuracy(model, n: int, seed: int) -> dict[str, float]:
             ids[row, width - len(prompt):] = torch.tensor(prompt)
             mask[row, width - len(prompt):] = 1
         with torch.no_grad():
-            gen = model.generate(ids, attention_mask=mask, max_new_tokens=80, do_sample=False,
+            gen = model.generate(ids, attention_mask=mask, max_new_tokens=112, do_sample=False,
                                  eos_token_id=EOS_ID, pad_token_id=PAD_ID)
         texts = ["".join(VOCAB[t] for t in row if t not in (EOS_ID, PAD_ID))
                  for row in gen[:, width:].tolist()]

@@ -27,7 +27,7 @@ from typing import Any
 
 from serving.zoo.tasks import EVAL_SEED
 
-MAX_NEW_TOKENS = 96
+MAX_NEW_TOKENS = 128
 PLAIN_CELLS: tuple[tuple[str, int], ...] = (
     ("arithmetic", 1), ("reverse", 2), ("reverse", 4), ("ranking", 2))
 
@@ -104,7 +104,7 @@ def measure(model_dir: Path, n: int, seed: int = EVAL_SEED) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         subprocess.run([sys.executable, "-m", "serving.zoo.tools_eval", str(model_dir), str(out),
-                        str(n), str(seed)], check=True)
+                        str(n), str(seed)], check=True, stdout=sys.stderr)  # vLLM's logs
         return json.loads(out.read_text())
 
 
