@@ -72,7 +72,7 @@ def evaluate(model_dir: Path, n: int, seed: int) -> dict[str, Any]:
         else:
             right = not info.tools_called and text.strip() == item.expected
             cell["exact"] += right
-        if not right and len(failures) < 10:
+        if not right and len(failures) < 100:
             failures.append({"id": item.id, "expected": item.expected, "got": text})
     plain = [i for family, level in PLAIN_CELLS for i in generate_items(family, level, n, seed)]
     outputs = llm.chat([i.messages for i in plain], params, use_tqdm=False)
