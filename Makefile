@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 # The zoo ships in zoo/; `frugal zoo build` verifies it and trains only what is missing.
 # ZOO lists the models deployments/local.yaml serves.
-ZOO ?= zoo-s zoo-m zoo-l zoo-chat
+ZOO ?= zoo-s zoo-m zoo-l zoo-chat zoo-tools
 zoo: $(STAMP)
 	$(BIN)/frugal zoo build $(foreach m,$(ZOO),--only $(m))
 

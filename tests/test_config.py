@@ -37,7 +37,7 @@ def problems(tmp_path: Path, data: object, **kwargs: bool) -> list[str]:
 def test_shipped_deployments_are_valid() -> None:
     local = load_config(REPO / "deployments" / "local.yaml")
     assert [m.model_id for m in local.models] == ["zoo-s", "zoo-m", "zoo-l-w4a16", "zoo-l",
-                                                  "zoo-chat"]
+                                                  "zoo-chat", "zoo-tools"]
     assert local.model("zoo-l-w4a16").resolved_engine_kwargs()["quantization"] == (
         "compressed-tensors")
     assert all(Path(m.model_loading_config.model_source).is_absolute() for m in local.models)

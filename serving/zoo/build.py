@@ -81,6 +81,22 @@ SPECS: dict[str, TrainConfig] = {
         max_difficulty={"arithmetic": 1, "reverse": 4, "ranking": 2},
         family_weights={"arithmetic": 0.25, "reverse": 0.3, "ranking": 0.45},
     ),
+    # The Agents SDK's one-tool agent: zoo-s fine-tuned to call a function tool in Hermes
+    # format and answer from its result (serving/zoo/tools.py); 30% of its examples stay
+    # on zoo-s's task suite (requests without tools). Built after zoo-s, from its weights.
+    "zoo-tools": TrainConfig(
+        shape="zoo-s",
+        base="zoo-s",
+        tools_share=0.7,
+        steps=3000,
+        batch_size=32,
+        lr=1e-3,
+        warmup=50,
+        seed=5,
+        threads=1,
+        max_difficulty={"arithmetic": 1, "reverse": 4, "ranking": 2},
+        family_weights={"arithmetic": 0.25, "reverse": 0.3, "ranking": 0.45},
+    ),
 }
 
 
@@ -179,7 +195,12 @@ def build_model(
     from serving.zoo.train import quick_accuracy, train
 
     def monitor(step: int, model) -> None:
-        scores = quick_accuracy(model, 20, EVAL_SEED)
+        if cfg.tools_share:
+            from serving.zoo.tools import quick_tool_accuracy
+
+            scores = quick_tool_accuracy(model, 10, EVAL_SEED)
+        else:
+            scores = quick_accuracy(model, 20, EVAL_SEED)
         cells = " ".join(f"{k}={v:.2f}" for k, v in scores.items())
         print(f"{out_dir.name} step {step + 1}: {cells}", flush=True)
 
@@ -189,7 +210,10 @@ def build_model(
     params = count_params(model)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tmp)
+    template = None
+    if cfg.tools_share:
+        from serving.zoo.tools import TOOLS_CHAT_TEMPLATE as template
+    save_checkpoint(model, tmp, chat_template=template)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return ModelRecord(

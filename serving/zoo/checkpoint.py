@@ -79,8 +79,10 @@ def init_model(shape: ModelShape, seed: int):  # -> transformers.LlamaForCausalL
     return LlamaForCausalLM(llama_config(shape)).float()
 
 
-def save_checkpoint(model: torch.nn.Module, out_dir: Path, dtype: str = "bfloat16") -> None:
-    """Save weights (safetensors), config, generation config and tokenizer to `out_dir`."""
+def save_checkpoint(model: torch.nn.Module, out_dir: Path, dtype: str = "bfloat16",
+                    chat_template: str | None = None) -> None:
+    """Save weights (safetensors), config, generation config and tokenizer to `out_dir`
+    (the zoo's chat template unless `chat_template` is given)."""
     import torch
     from transformers import GenerationConfig
 
@@ -91,7 +93,8 @@ def save_checkpoint(model: torch.nn.Module, out_dir: Path, dtype: str = "bfloat1
         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, do_sample=False
     )
     model.save_pretrained(out_dir, safe_serialization=True)
-    build_tokenizer().save_pretrained(out_dir)
+    tok = build_tokenizer() if chat_template is None else build_tokenizer(chat_template)
+    tok.save_pretrained(out_dir)
 
 
 def write_checkpoint(name: str, out_dir: Path, seed: int = 0, dtype: str = "bfloat16") -> Path:

@@ -83,3 +83,29 @@ def export_suite(
 
     count = export_jsonl(mixed_suite(n, seed), out)
     typer.echo(f"wrote {count} items to {out}")
+
+
+@app.command("tools-eval")
+def tools_eval(
+    zoo_dir: Path | None = ZooDir,
+    model: str = typer.Option("zoo-tools", "--model", help="Zoo model to measure."),
+    n: int = typer.Option(50, "--n", min=1, help="Items per kind and digits."),
+    seed: int = typer.Option(EVAL_SEED, "--seed", help="Held-out seed for the items."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+) -> None:
+    """Tool-call rate, argument exactness and answers after the tool result, through vLLM."""
+    from serving.zoo.tools_eval import measure, totals
+
+    model_dir = (zoo_dir or default_zoo_dir()) / model
+    if not (model_dir / "config.json").exists():
+        raise typer.BadParameter(f"{model_dir} does not exist: run `frugal zoo build`")
+    start = time.monotonic()
+    result = measure(model_dir, n, seed)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo("| cell | n | called | exact |\n|---|---|---|---|")
+    for name, cell in result["cells"].items():
+        called = f"{cell['called']:.2f}" if "called" in cell else "-"
+        typer.echo(f"| {name} | {cell['n']} | {called} | {cell['exact']:.2f} |")
+    typer.echo(f"totals: {json.dumps(totals(result))} ({time.monotonic() - start:.0f} s)")

@@ -48,8 +48,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The zoo tokenizer: char-level WordLevel model, fused decoding, chat template set."""
+def build_tokenizer(chat_template: str = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """The zoo tokenizer: char-level WordLevel model, fused decoding, chat template set
+    (zoo-tools's renders tools: `serving.zoo.tools.TOOLS_CHAT_TEMPLATE`)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -71,5 +72,5 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         padding_side="right",
         clean_up_tokenization_spaces=False,
     )
-    tok.chat_template = CHAT_TEMPLATE
+    tok.chat_template = chat_template
     return tok

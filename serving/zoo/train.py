@@ -88,6 +88,8 @@ class TrainConfig(BaseModel):
     # this share of examples from the multi-turn chat family (`chat_train.py`).
     base: str | None = None
     chat_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    # ... or from the tool-use family (`tools.py`; the checkpoint then gets its template).
+    tools_share: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 def render_prompt(messages: list[dict[str, str]], enable_thinking: bool) -> str:
@@ -160,12 +162,16 @@ def choose_mode(cfg: TrainConfig, family: str, difficulty: int, rng: random.Rand
 def sample_batch(cfg: TrainConfig, step: int) -> list[tuple[list[int], list[int]]]:
     """The batch for one step: a pure function of (config, step)."""
     from serving.zoo.chat_train import chat_example
+    from serving.zoo.tools import tool_example
 
     rng = random.Random(f"batch/{cfg.seed}/{step}")
     batch = []
     for _ in range(cfg.batch_size):
         if cfg.chat_share and rng.random() < cfg.chat_share:
             batch.append(chat_example(rng))
+            continue
+        if cfg.tools_share and rng.random() < cfg.tools_share:
+            batch.append(tool_example(rng))
             continue
         family = rng.choices(FAMILIES, weights=[cfg.family_weights[f] for f in FAMILIES])[0]
         levels = [d for d in DIFFICULTIES[family] if d <= cfg.max_difficulty[family]]
