@@ -31,6 +31,14 @@ VOCAB: tuple[str, ...] = (*SPECIAL_TOKENS, *THINK_TOKENS, *CHARS)
 MODEL_VOCAB_SIZE = 128
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
+#: The assistant's turn opened for generation (shared by every zoo chat template).
+GENERATION_PROMPT = (
+    "{%- if add_generation_prompt -%}<|assistant|>"
+    "{%- if enable_thinking is defined and enable_thinking -%}<think>"
+    "{%- else -%}<think></think>{%- endif -%}"
+    "{%- endif -%}"
+)
+
 CHAT_TEMPLATE = (
     "{{- bos_token -}}"
     "{%- for message in messages -%}"
@@ -41,10 +49,7 @@ CHAT_TEMPLATE = (
     "{{- message['content'] -}}</s>"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant|>"
-    "{%- if enable_thinking is defined and enable_thinking -%}<think>"
-    "{%- else -%}<think></think>{%- endif -%}"
-    "{%- endif -%}"
+    + GENERATION_PROMPT
 )
 
 

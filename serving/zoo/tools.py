@@ -42,7 +42,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from serving.zoo.tasks import PHRASINGS, SYSTEM_PROMPT, generate_items
-from serving.zoo.tokenizer import ASSISTANT, BOS, SYSTEM, THINK_CLOSE, THINK_OPEN, USER
+from serving.zoo.tokenizer import (
+    ASSISTANT,
+    BOS,
+    GENERATION_PROMPT,
+    SYSTEM,
+    THINK_CLOSE,
+    THINK_OPEN,
+    USER,
+)
 
 TOOLS_FAMILY = "tools"
 KINDS: tuple[str, ...] = ("call", "answer", "direct")
@@ -100,10 +108,7 @@ TOOLS_CHAT_TEMPLATE = (
     "{%- endfor -%}</s>"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant|>"
-    "{%- if enable_thinking is defined and enable_thinking -%}<think>"
-    "{%- else -%}<think></think>{%- endif -%}"
-    "{%- endif -%}"
+    + GENERATION_PROMPT
 )
 
 
