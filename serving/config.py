@@ -443,14 +443,20 @@ class BatchConfig(StrictModel):
         200 * 1024 * 1024, ge=1, description="Larger uploads get a 413."
     )
     max_lines: int = Field(50_000, ge=1, description="A batch input with more lines fails.")
-    idle_in_flight: int = Field(
-        512, ge=1, description="Batch lines in flight per gateway replica when no "
-        "interactive request is running: more than an engine's `max_num_seqs`, so its "
-        "waiting queue never runs dry between waves of lines (docs/batch.md)."
+    idle_in_flight: int | None = Field(
+        None, ge=1, description="Batch lines in flight per gateway replica when no "
+        "interactive request is running. Unset: the smallest engine's `max_num_seqs` less "
+        "`headroom_seqs`, shared among the gateway replicas, so an interactive request "
+        "always finds a free sequence slot (docs/batch.md)."
+    )
+    headroom_seqs: int = Field(
+        16, ge=0, description="Sequence slots of each engine that batch lines leave free "
+        "for interactive requests when `idle_in_flight` is unset."
     )
     busy_in_flight: int = Field(
-        1, ge=0, description="Batch lines in flight per gateway replica while interactive "
-        "requests run or ran within `quiet_s` (headroom for them; 0 pauses batches)."
+        0, ge=0, description="Batch lines in flight per gateway replica while interactive "
+        "requests run or ran within `quiet_s` (0: batches yield to interactive traffic "
+        "and fill the gaps between it)."
     )
     quiet_s: float = Field(
         2.0, ge=0, description="Seconds without an interactive request before batches "

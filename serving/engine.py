@@ -186,6 +186,8 @@ class ModelEngine:
             "model_id": self.model.model_id,
             "max_model_len": self.max_model_len,
             "running_requests": self.engine.get_num_unfinished_requests(),
+            # Sequence slots: the batch lever keeps its lines below them (docs/batch.md).
+            "max_num_seqs": self.engine.vllm_config.scheduler_config.max_num_seqs,
             "pid": os.getpid(),
             "cpu_kernels": self.cpu_kernels,
         }
@@ -297,3 +299,6 @@ class ModelServer(ModelEngine):
 
     async def __init__(self, model: ModelConfig) -> None:
         await self._start(model)
+        from vllm.utils.gc_utils import freeze_gc_heap
+
+        freeze_gc_heap()  # as the gateway does: full collections skip the startup heap

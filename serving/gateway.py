@@ -144,6 +144,12 @@ class Gateway:
             start_batches(config, self.pipeline, self.responses)
             if config.batch.enabled else None
         )
+        # The startup heap (vLLM, torch, Ray: ~800k objects) is never garbage; left in
+        # the oldest generation, each full collection walked it and paused every stream
+        # of this replica for ~0.4 s (measured in `frugal bench batch`, docs/batch.md).
+        from vllm.utils.gc_utils import freeze_gc_heap  # vLLM's own post-startup freeze
+
+        freeze_gc_heap()
 
     async def check_health(self) -> None:
         """Ray Serve calls this periodically; a dead colocated engine restarts the

@@ -70,6 +70,12 @@ BATCH_LINES_IN_FLIGHT = Gauge(
     "Batch lines the runner has admitted to the engines (see docs/batch.md, admission).",
     multiprocess_mode="livesum",
 )
+BATCH_IDLE_CAP = Gauge(
+    "frugal_batch_idle_cap",
+    "Batch lines a gateway replica runs at most on idle engines (sized to the engines' "
+    "sequence slots; docs/batch.md).",
+    multiprocess_mode="max",
+)
 IN_FLIGHT = Gauge(
     "frugal_requests_in_flight",
     "Requests the gateway is working on.",

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from serving.batch.admission import BatchAdmission, InteractiveLoad
+from serving.batch.admission import PROVISIONAL_IDLE_CAP, BatchAdmission, InteractiveLoad
 from serving.batch.runner import BatchRunner
 from serving.batch.store import BatchStore, LineResult
 from serving.config import BatchConfig
@@ -415,6 +415,27 @@ def test_admission_gives_batches_the_idle_cap_only_after_quiet_s():
     assert admission.cap() == 2  # within quiet_s of the last interactive request
     time.sleep(0.25)
     assert admission.cap() == 64
+
+
+def test_the_idle_cap_leaves_engine_slots_free_unless_set():
+    """Unset, the idle cap is the smallest engine's max_num_seqs less the headroom, shared
+    among the gateway replicas; a provisional cap holds until the engines answer."""
+    load = InteractiveLoad()
+    admission = BatchAdmission(BatchConfig(headroom_seqs=16), load)
+    assert admission.cap() == PROVISIONAL_IDLE_CAP
+    assert admission.size_to_engines([256, 128], gateway_replicas=1) == 112
+    assert admission.cap() == 112
+    assert BatchAdmission(BatchConfig(), load).size_to_engines([256], 3) == (256 - 16) // 3
+    assert BatchAdmission(BatchConfig(headroom_seqs=64), load).size_to_engines([8], 1) == 1
+    fixed = BatchAdmission(BatchConfig(idle_in_flight=500), load)
+    assert fixed.size_to_engines([256], 1) == 500 == fixed.cap()
+
+
+def test_by_default_batches_yield_to_interactive_traffic():
+    load = InteractiveLoad()
+    admission = BatchAdmission(BatchConfig(idle_in_flight=64, ramp_s=0), load)
+    load.enter()
+    assert admission.cap() == 0
 
 
 def test_after_quiet_s_the_cap_doubles_every_ramp_s_up_to_the_idle_cap():

@@ -33,5 +33,22 @@ def start_batches(config: FrugalConfig, pipeline: Pipeline,
     load = getattr(lever, "load", None) or InteractiveLoad()
     runner = BatchRunner(store, pipeline, config.batch, BatchAdmission(config.batch, load))
     runner.responses = responses  # `/v1/responses` lines
+    runner.engine_slots = lambda: engine_slots(pipeline)
+    runner.gateway_replicas = gateway_replicas(config)
     runner.start()
     return Batches(BatchService(store, config.batch), runner)
+
+
+async def engine_slots(pipeline: Pipeline) -> list[int]:
+    """Each served model's `max_num_seqs`, as its engine reports it."""
+    caller = pipeline.caller
+    infos = [await caller.handle(model).info.remote() for model in sorted(caller.handles)]
+    return [int(info["max_num_seqs"]) for info in infos]
+
+
+def gateway_replicas(config: FrugalConfig) -> int:
+    """How many gateway replicas share the engines (autoscaling: at most)."""
+    deployment = config.gateway.deployment_config
+    if deployment.autoscaling_config is not None:
+        return deployment.autoscaling_config.max_replicas
+    return deployment.num_replicas or 1

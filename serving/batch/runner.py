@@ -25,6 +25,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -65,6 +66,9 @@ class BatchRunner:
         #: Answers a paused job could not commit, by batch id: committed on resume.
         self.unsaved: dict[str, list[LineResult]] = {}
         self.store_fault: StoreFault | None = None  # the store refused our last write
+        #: Asks the engines for their sequence slots (set by serving.batch.app).
+        self.engine_slots: Callable[[], Awaitable[list[int]]] | None = None
+        self.gateway_replicas = 1
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -76,8 +80,23 @@ class BatchRunner:
         await asyncio.gather(*(t for t in [self._task, *self.jobs.values()] if t),
                              return_exceptions=True)
 
+    async def _size_admission(self) -> None:
+        """Size the idle cap to the engines; retried every `poll_s` until they answer."""
+        if self.engine_slots is None:
+            return
+        try:
+            slots = await asyncio.wait_for(self.engine_slots(), 30)
+        except Exception as exc:  # engines still starting: the provisional cap holds
+            logger.debug("batch runner: engine slots not known yet: %r", exc)
+            return
+        self.engine_slots = None
+        cap = self.admission.size_to_engines(slots, self.gateway_replicas)
+        logger.info("batch runner: up to %d lines in flight on idle engines "
+                    "(engine slots %s)", cap, slots)
+
     async def _loop(self) -> None:
         while True:
+            await self._size_admission()
             try:
                 claimed = await asyncio.to_thread(self.store.claim, self.id,
                                                   self.config.lease_s, 8)

@@ -5,8 +5,12 @@
     sent online at 64 concurrent. Every request asks for exactly `max_tokens` tokens
     (ignore_eos), so tokens per second compare like with like. Rounds alternate the
     order, so the shared machine's noise hits each alike.
-(b) Interactive TTFT at a steady 4 concurrent streams, alone and with a batch running
-    (the alone runs come before and after, and are averaged), and the batch's own
+(b) Interactive TTFT at a steady 4 concurrent streams, alone and with a batch running:
+    `--sharing-rounds` rounds, each a run alone then a run beside a fresh batch that was
+    at its idle cap when the streams arrived; percentiles over each side's pooled
+    requests (one round's p95 rests on its ten slowest requests, and this shared 2-core
+    machine stalls every process for 0.1-0.5 s every few seconds). Also the first
+    requests' TTFT (they arrive while batch lines fill the engine) and the batch's own
     throughput while it shares the engine.
 (c) The crash test (`serving.bench.batch_crash`): N kills, lines lost, lines run twice.
 
@@ -43,7 +47,13 @@ from serving.bench.batch_work import (
     submit,
     wait_for,
 )
-from serving.bench.loadgen import LoadResult, mean_result, run_load
+from serving.bench.loadgen import (
+    LoadResult,
+    RequestSample,
+    load_samples,
+    percentile,
+    summarize,
+)
 from serving.bench.serve_bench import ENGINE, ENGINE_ENV, frugal_config
 from serving.config import BatchConfig
 
@@ -53,10 +63,12 @@ TARGET_TTFT_P95_RATIO = 1.3
 INTERACTIVE_CONCURRENCY = 4
 ONLINE_CONCURRENCY = 64
 _BATCH = BatchConfig()  # the bench server runs the default admission
+#: Its idle cap: the engine's sequence slots less the headroom (docs/batch.md).
+_IDLE_CAP = _BATCH.idle_in_flight or BATCH_ENGINE["max_num_seqs"] - _BATCH.headroom_seqs
 #: How long after its last interactive request a server is idle for batches: the quiet
-#: period, then the slow start from busy_in_flight up to idle_in_flight (docs/batch.md).
+#: period, then the slow start from busy_in_flight up to the idle cap (docs/batch.md).
 IDLE_AFTER_S = _BATCH.quiet_s + _BATCH.ramp_s * math.log2(
-    _BATCH.idle_in_flight / max(1, _BATCH.busy_in_flight))
+    _IDLE_CAP / max(1, _BATCH.busy_in_flight))
 
 
 class Throughput(BaseModel):
@@ -74,11 +86,17 @@ class Throughput(BaseModel):
 
 
 class Sharing(BaseModel):
-    """(b): interactive streams alone and beside a running batch."""
+    """(b): interactive streams alone and beside a running batch, rounds pooled."""
 
-    alone: LoadResult
+    alone: LoadResult = Field(description="Every alone round's requests pooled.")
     alone_runs: list[LoadResult]
-    with_batch: LoadResult
+    with_batch: LoadResult = Field(description="Every with-batch round's requests pooled.")
+    with_runs: list[LoadResult] = Field(default_factory=list)
+    alone_ttft_p99_ms: float = 0.0
+    with_ttft_p99_ms: float = 0.0
+    first_ttft_ms: list[float] = Field(
+        default_factory=list, description="Each with-batch round's first requests (sent "
+        "together while batch lines filled the engine): the preemption's cost.")
     batch_lines_per_s: float = Field(description="The batch's lines done per second while "
                                                  "it shared the engine.")
     batch_lines_per_s_idle: float = Field(description="The same batch's rate on the idle "
@@ -211,34 +229,53 @@ def online_run(url: str, model_id: str, n: int, max_tokens: int, round_: int) ->
 
 # -- (b) sharing -----------------------------------------------------------------------------
 
-def interactive(url: str, model_id: str, requests: int, max_tokens: int) -> LoadResult:
-    return asyncio.run(run_load(url, model_id, concurrency=INTERACTIVE_CONCURRENCY,
-                                requests=requests, max_tokens=max_tokens, stream=True))
+def interactive(url: str, model_id: str, requests: int,
+                max_tokens: int) -> tuple[list[RequestSample], float]:
+    return asyncio.run(load_samples(url, model_id, concurrency=INTERACTIVE_CONCURRENCY,
+                                    requests=requests, max_tokens=max_tokens, stream=True))
 
 
 def sharing_run(url: str, model_id: str, n: int, max_tokens: int, requests: int,
-                idle_rate: float) -> Sharing:
-    """Interactive alone, then beside a batch of `n` lines (cancelled after), then alone."""
-    before = interactive(url, model_id, requests, max_tokens)
-    time.sleep(IDLE_AFTER_S + 0.5)  # the batch starts at its idle cap: streams preempt
+                idle_rate: float, rounds: int) -> Sharing:
+    """`rounds` times: the streams alone, then beside a fresh batch of `n` lines that is at
+    its idle cap when they arrive (cancelled after); each side's requests pooled."""
     sdk = client(url)
-    batch = submit(sdk, jsonl(line_bodies(n, model_id, max_tokens)))
-    wait_for(sdk, batch.id, lambda b: finished(b) or done_lines(b) > 0, timeout_s=600)
-    start_done, started = done_lines(sdk.batches.retrieve(batch.id)), time.perf_counter()
-    shared = interactive(url, model_id, requests, max_tokens)
-    state = sdk.batches.retrieve(batch.id)
-    rate = (done_lines(state) - start_done) / (time.perf_counter() - started)
-    if finished(state):
-        raise RuntimeError("the batch ended while interactive requests were measured: "
-                           "give it more lines (--lines)")
+    alone: list[tuple[list[RequestSample], float]] = []
+    shared: list[tuple[list[RequestSample], float]] = []
+    lines_done, seconds = 0, 0.0
+    for _ in range(rounds):
+        time.sleep(IDLE_AFTER_S + 0.5)  # as idle as the batch will find it
+        alone.append(interactive(url, model_id, requests, max_tokens))
+        batch = submit(sdk, jsonl(line_bodies(n, model_id, max_tokens)))
+        wait_for(sdk, batch.id, lambda b: finished(b) or done_lines(b) > 0, timeout_s=600)
+        time.sleep(IDLE_AFTER_S + 0.5)  # the batch climbs to its idle cap
+        start_done, started = done_lines(sdk.batches.retrieve(batch.id)), time.perf_counter()
+        shared.append(interactive(url, model_id, requests, max_tokens))
+        state = sdk.batches.retrieve(batch.id)
+        lines_done += done_lines(state) - start_done
+        seconds += time.perf_counter() - started
+        if finished(state):
+            raise RuntimeError("the batch ended while interactive requests were measured: "
+                               "give it more lines (--lines)")
+        sdk.batches.cancel(batch.id)
+        wait_for(sdk, batch.id, finished, timeout_s=600)
     preempted = metric_total(url, "frugal_batch_lines_preempted_total")
-    sdk.batches.cancel(batch.id)
-    wait_for(sdk, batch.id, finished, timeout_s=600)
-    time.sleep(IDLE_AFTER_S + 0.5)  # the engine is idle again
-    after = interactive(url, model_id, requests, max_tokens)
-    return Sharing(alone=mean_result([before, after]), alone_runs=[before, after],
-                   with_batch=shared, batch_lines_per_s=rate, batch_lines_per_s_idle=idle_rate,
-                   preempted_lines=int(preempted))
+
+    def pooled(runs: list[tuple[list[RequestSample], float]]) -> LoadResult:
+        return summarize([x for samples, _ in runs for x in samples], INTERACTIVE_CONCURRENCY,
+                         sum(wall for _, wall in runs))
+
+    def p99(runs: list[tuple[list[RequestSample], float]]) -> float:
+        return percentile([x.ttft_s for samples, _ in runs for x in samples if x.ok], 99) * 1000
+
+    return Sharing(
+        alone=pooled(alone), alone_runs=[pooled([run]) for run in alone],
+        with_batch=pooled(shared), with_runs=[pooled([run]) for run in shared],
+        alone_ttft_p99_ms=p99(alone), with_ttft_p99_ms=p99(shared),
+        first_ttft_ms=[round(x.ttft_s * 1000, 1) for samples, _ in shared
+                       for x in samples[:INTERACTIVE_CONCURRENCY]],
+        batch_lines_per_s=lines_done / seconds, batch_lines_per_s_idle=idle_rate,
+        preempted_lines=int(preempted))
 
 
 def metric_total(url: str, name: str) -> float:
@@ -264,7 +301,7 @@ def bench_config(model_path: Path, model_id: str, state_dir: Path) -> dict[str, 
 def run_batch_bench(
     model_path: Path, *, model_id: str, lines: int, max_tokens: int, rounds: int,
     interactive_requests: int, kills: int, seed: int, out: Path, command: str,
-    say: Callable[[str], None] = print,
+    sharing_rounds: int = 4, say: Callable[[str], None] = print,
 ) -> BatchBench:
     from serving.evaluation.launcher import frugal_server
 
@@ -294,9 +331,10 @@ def run_batch_bench(
                 runs.append(run)
         idle = [r for r in runs if r.way == "batch"]
         idle_rate = sum(r.lines / r.seconds for r in idle) / len(idle)
-        say(f"interactive at {INTERACTIVE_CONCURRENCY} concurrent: alone, with a batch, alone")
-        sharing = sharing_run(server.url, model_id, lines * 4, max_tokens,
-                              interactive_requests, idle_rate)
+        say(f"interactive at {INTERACTIVE_CONCURRENCY} concurrent: {sharing_rounds} rounds "
+            "of alone, then with a batch")
+        sharing = sharing_run(server.url, model_id, lines * 2, max_tokens,
+                              interactive_requests, idle_rate, sharing_rounds)
     crash = None
     if kills:
         say(f"crash test: {kills} kills (seed {seed})")
@@ -332,16 +370,27 @@ def markdown(bench: BatchBench) -> str:
                      f"{rounds} |")
     lines += [
         "", f"## (b) Interactive TTFT at {INTERACTIVE_CONCURRENCY} concurrent streams", "",
-        "| | TTFT p50 ms | TTFT p95 ms | interactive tok/s |", "|---|---:|---:|---:|",
-        f"| alone (mean of before and after) | {share.alone.ttft_p50_ms:.0f} | "
-        f"{share.alone.ttft_p95_ms:.0f} | {share.alone.tokens_per_s:,.0f} |",
-        f"| with a batch running | {share.with_batch.ttft_p50_ms:.0f} | "
-        f"{share.with_batch.ttft_p95_ms:.0f} | {share.with_batch.tokens_per_s:,.0f} |",
-        f"| ratio | {share.p50_ratio:.2f}x | {share.p95_ratio:.2f}x | |", "",
+        f"{len(share.alone_runs)} rounds, each {share.alone_runs[0].requests} requests alone "
+        "then as many beside a batch at its idle cap; percentiles over each side's pooled "
+        "requests.", "",
+        "| | requests | TTFT p50 ms | TTFT p95 ms | TTFT p99 ms | interactive tok/s | "
+        "p95 per round (ms) |", "|---|---:|---:|---:|---:|---:|---|",
+        f"| alone | {share.alone.requests} | {share.alone.ttft_p50_ms:.0f} | "
+        f"{share.alone.ttft_p95_ms:.0f} | {share.alone_ttft_p99_ms:.0f} | "
+        f"{share.alone.tokens_per_s:,.0f} | "
+        f"{', '.join(f'{r.ttft_p95_ms:.0f}' for r in share.alone_runs)} |",
+        f"| with a batch running | {share.with_batch.requests} | "
+        f"{share.with_batch.ttft_p50_ms:.0f} | {share.with_batch.ttft_p95_ms:.0f} | "
+        f"{share.with_ttft_p99_ms:.0f} | {share.with_batch.tokens_per_s:,.0f} | "
+        f"{', '.join(f'{r.ttft_p95_ms:.0f}' for r in share.with_runs)} |",
+        f"| ratio | | {share.p50_ratio:.2f}x | {share.p95_ratio:.2f}x | | | |", "",
+        f"The first {INTERACTIVE_CONCURRENCY} requests of each with-batch round arrived "
+        "while batch lines filled the engine; their TTFT (ms): "
+        f"{', '.join(f'{t:.0f}' for t in share.first_ttft_ms)}. "
         f"The batch ran {share.batch_lines_per_s:.1f} lines/s beside the interactive "
         f"streams ({share.batch_lines_per_s_idle:.1f} lines/s on the idle engine); "
-        f"{share.preempted_lines} of its lines were preempted when they arrived and ran "
-        "again later.",
+        f"{share.preempted_lines} of its lines were preempted when the streams arrived and "
+        "ran again later.",
     ]
     if bench.crash is not None:
         crash = bench.crash

@@ -157,6 +157,8 @@ def batch(
     rounds: int = typer.Option(2, min=1, help="Alternating rounds of offline/batch/online."),
     interactive_requests: int = typer.Option(
         192, min=8, help="Streaming requests per interactive measurement (4 concurrent)."),
+    sharing_rounds: int = typer.Option(
+        4, min=1, help="Rounds of interactive alone, then beside a batch (pooled)."),
     kills: int = typer.Option(5, min=0, help="kill -9 count of the crash part (0: skip it)."),
     seed: int = typer.Option(7, help="Seed of the crash part's kill points."),
     out: str = typer.Option("docs/bench/batch", help="Where results.json/.md, batch.png go."),
@@ -174,11 +176,12 @@ def batch(
     path = _checkpoint(model_path, console)
     command = (f"frugal bench batch --model-path {model_path} --lines {lines} --max-tokens "
                f"{max_tokens} --rounds {rounds} --interactive-requests "
-               f"{interactive_requests} --kills {kills} --seed {seed} --out {out}")
+               f"{interactive_requests} --sharing-rounds {sharing_rounds} --kills {kills} "
+               f"--seed {seed} --out {out}")
     result = run_batch_bench(
         path, model_id=path.name, lines=lines, max_tokens=max_tokens, rounds=rounds,
         interactive_requests=interactive_requests, kills=kills, seed=seed, out=Path(out),
-        command=command, say=console.print)
+        command=command, sharing_rounds=sharing_rounds, say=console.print)
     print(markdown(result))
 
 

@@ -170,6 +170,18 @@ async def run_load(
     After `timeout_s` no new request starts and the ones in flight are cancelled and
     counted as errors, so a stuck server cannot hang the benchmark.
     """
+    samples, wall = await load_samples(base_url, model, concurrency=concurrency,
+                                       requests=requests, max_tokens=max_tokens,
+                                       prompt=prompt, timeout_s=timeout_s, stream=stream)
+    return summarize(samples, concurrency, wall)
+
+
+async def load_samples(
+    base_url: str, model: str, *, concurrency: int, requests: int, max_tokens: int = 64,
+    prompt: str = "What is 12 + 34?", timeout_s: float = 600, stream: bool = True,
+) -> tuple[list[RequestSample], float]:
+    """`run_load`'s requests, each as the client saw it, in the order they were sent,
+    and the wall time (for pooling several rounds before taking percentiles)."""
     body = chat_body(model, prompt, max_tokens, stream)
     url = f"{base_url}/chat/completions"
     # More connections than clients: a pool smaller than the concurrency would queue
@@ -177,7 +189,7 @@ async def run_load(
     # at 64 streams httpx's pool capped raw vLLM at about half of what aiohttp measured
     # (docs/serving.md), i.e. it measured the client.
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
-    samples: list[RequestSample] = []
+    sent: list[RequestSample | None] = []  # by the order they were sent
     remaining = requests
     deadline = time.perf_counter() + timeout_s
 
@@ -188,18 +200,20 @@ async def run_load(
             nonlocal remaining
             while remaining > 0 and time.perf_counter() < deadline:
                 remaining -= 1
-                samples.append(await send_one(http, url, body))
+                index = len(sent)
+                sent.append(None)
+                sent[index] = await send_one(http, url, body)
 
         started = time.perf_counter()
         tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
         try:
-            _, stuck = await asyncio.wait(tasks, timeout=timeout_s)
+            await asyncio.wait(tasks, timeout=timeout_s)
         finally:  # also when interrupted: no request may outlive the client
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         wall = time.perf_counter() - started
-    if stuck:
-        samples += [RequestSample(ttft_s=0, latency_s=timeout_s, completion_tokens=0, ok=False,
-                                  error=f"timed out after {timeout_s:.0f}s")] * len(stuck)
-    return summarize(samples, concurrency, wall)
+    timed_out = RequestSample(ttft_s=0, latency_s=timeout_s, completion_tokens=0, ok=False,
+                              error=f"timed out after {timeout_s:.0f}s")
+    # A request still in flight at the deadline (its client stuck) counts as timed out.
+    return [sample or timed_out for sample in sent], wall
