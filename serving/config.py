@@ -238,6 +238,10 @@ class CompactionSettings(StrictModel):
         10.0, gt=0, le=600, description="A summariser call slower than this is abandoned "
         "and the fallback is used; the request never fails because of compaction.")
     summariser_max_tokens: int = Field(256, ge=1, description="Longest note it may write.")
+    verify_note: bool = Field(
+        True, description="Check each summary against the turns it notes: drop lines with "
+        "numbers the turns never said, add fact sentences whose numbers or names it lacks "
+        "(docs/compaction.md).")
     chunk_tokens: int = Field(
         512, ge=16, description="Most transcript tokens per summariser call: a longer "
         "stretch is folded in several calls, each extending the note.")

@@ -119,6 +119,12 @@ COMPACTION_FALLBACKS = Counter(
     "Compactions that used the fallback because the summariser failed, by reason.",
     ["model", "reason"],
 )
+COMPACTION_NOTE_REPAIRS = Counter(
+    "frugal_compaction_note_repairs",
+    "Summary lines dropped (a number the turns never said) or fact sentences added (a "
+    "number or name the summary left out) by `verify_note`.",
+    ["model"],
+)
 REASONING_TOKENS = Counter(
     "frugal_reasoning_tokens", "Completion tokens spent thinking (lever 2).", ["model"]
 )

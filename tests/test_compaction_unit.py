@@ -12,7 +12,7 @@ import pytest
 from serving.compaction.counter import PromptCounter
 from serving.compaction.format import NOTE_HEADER, transcript
 from serving.compaction.notes import NoteCache
-from serving.compaction.plan import Compactor, fact_sentences
+from serving.compaction.plan import Compactor, fact_sentences, verified_lines
 from serving.config import CompactionSettings, FrugalConfig, Price
 from serving.cost import CostModel, TokenUsage
 from serving.errors import APIError
@@ -204,6 +204,38 @@ def test_fact_sentences_keep_numbers_and_names() -> None:
     messages = [{"role": "user", "content": "Nice day. Meet Alice and Bob at noon. It is 42."},
                 {"role": "assistant", "content": "OK. Noted."}]
     assert fact_sentences(messages) == "Meet Alice and Bob at noon.\nIt is 42."
+
+
+def test_verified_lines_drop_made_up_numbers_and_add_left_out_facts() -> None:
+    turns = [{"role": "user", "content": "A scored 54."}, {"role": "assistant", "content": "OK."},
+             {"role": "user", "content": "Nice weather for a match today."},
+             {"role": "user", "content": "Score for B: 31."}]
+    assert verified_lines("A 54\nB 31", turns) == ("A 54\nB 31", 0)  # faithful: as written
+    # B's line invented a number and A's fact is missing: drop one line, add one sentence.
+    assert verified_lines("B 13", turns) == ("A scored 54.\nScore for B: 31.", 3)
+    assert verified_lines("A 54\nC 31", turns) == ("A 54\nC 31\nScore for B: 31.", 1)
+    assert verified_lines("", turns[2:3]) == ("", 0)  # filler holds no fact
+
+
+class ForgetfulSummariser(ScriptedSummariser):
+    """Loses the first fact of every stretch and invents a score (a small model's errors)."""
+
+    async def __call__(self, messages: list[dict[str, str]]) -> str:
+        lines = (await super().__call__(messages)).split("\n")
+        return "\n".join([*lines[1:], "Z 101"])
+
+
+def test_a_forgetful_summariser_is_repaired_unless_verify_note_is_off(counter) -> None:
+    item, messages = chat(40)
+    repaired = compact(counter, messages, ForgetfulSummariser())
+    assert repaired.note_repairs > 0 and f"repaired={repaired.note_repairs}" in repaired.header()
+    held = "\n".join(m["content"] for m in repaired.messages)
+    assert "101" not in held
+    for line in item.scratchpad.split("\n"):  # every score, as a line or its sentence
+        name, score = line.split()
+        assert score in held and name in held
+    raw = compact(counter, messages, ForgetfulSummariser(), verify_note=False)
+    assert raw.note_repairs == 0 and "101" in "\n".join(m["content"] for m in raw.messages)
 
 
 def test_notes_are_shared_through_the_store(counter, store_url) -> None:

@@ -8,7 +8,8 @@ only if the scores survived. Every turn is one request carrying the whole histor
 time to first token. Modes, each a deployment of the same weights:
 - `none`: compaction off for the request (`frugal.compact: false`); past the model's
   context the engine rejects the chat (400);
-- `summary`: the model writes the note itself (it is the zoo's summariser);
+- `summary`: the model writes the note itself (it is the zoo's summariser), checked
+  against the turns (`verify_note`); `summary-raw`: the same without the check;
 - `facts` / `truncate`: the fallbacks, no summariser.
 Input tokens and $ are the responses' own `usage` (summariser calls included in $);
 "uncompacted" tokens are the full history counted with the model's tokenizer, also where
@@ -27,13 +28,14 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-MODES = ("none", "summary", "facts", "truncate")
-DEPLOYMENT = {"none": "chat", "summary": "chat", "facts": "chat-facts",
-              "truncate": "chat-truncate"}
+MODES = ("none", "summary", "summary-raw", "facts", "truncate")
+DEPLOYMENT = {"none": "chat", "summary": "chat", "summary-raw": "chat-raw",
+              "facts": "chat-facts", "truncate": "chat-truncate"}
 
 
 def bench_config(source: Path, budget_tokens: int, keep_last_turns: int) -> dict[str, Any]:
-    """Three deployments of the chat model: summariser, `facts` and `truncate`."""
+    """Four deployments of the chat model: summariser with and without `verify_note`,
+    `facts` and `truncate`."""
     def model(model_id: str, **compaction: Any) -> dict[str, Any]:
         return {
             "model_loading_config": {"model_id": model_id, "model_source": str(source)},
@@ -46,6 +48,7 @@ def bench_config(source: Path, budget_tokens: int, keep_last_turns: int) -> dict
 
     return {"ray": {"num_cpus": 8}, "models": [
         model("chat", summariser="chat"),
+        model("chat-raw", summariser="chat-raw", verify_note=False),
         model("chat-facts", fallback="facts"),
         model("chat-truncate", fallback="truncate"),
     ]}
@@ -60,6 +63,7 @@ class Turn(BaseModel):
     cost_usd: float = 0.0
     compaction_usd: float = 0.0
     summariser_calls: int = 0
+    note_repairs: int = 0
     method: str = ""
 
 
@@ -84,17 +88,20 @@ class ModeRow(BaseModel):
     final_prompt_ratio: float  # the last request's prompt / its uncompacted prompt
     cost_usd: float  # per conversation, summariser included
     summariser_calls: float  # per conversation
+    note_repairs: float = 0.0  # per conversation: summary lines dropped or facts added
     rejected: float  # requests refused per conversation
     answered: float  # share of final questions answered (not refused)
     accuracy: float  # right final answers / conversations
     ttft_p50_ms: float | None
 
 
-def _header_calls(header: str) -> tuple[str, int]:
+def _header_calls(header: str) -> tuple[str, int, int]:
+    """`x-frugal-compaction`'s method, summariser calls and note repairs."""
     if not header:
-        return "", 0
+        return "", 0, 0
     parts = dict(p.split("=", 1) for p in header.split("; ")[1:] if "=" in p)
-    return header.split(";")[0], int(parts.get("calls", 0))
+    return (header.split(";")[0], int(parts.get("calls", 0)),
+            int(parts.get("repaired", 0)))
 
 
 async def _send(http: httpx.AsyncClient, body: dict[str, Any], uncompacted: int,
@@ -127,12 +134,12 @@ async def _send(http: httpx.AsyncClient, body: dict[str, Any], uncompacted: int,
                     if piece:
                         ttft = ttft or time.perf_counter() - started
                         text += piece
-    method, calls = _header_calls(headers.get("x-frugal-compaction", ""))
+    method, calls, repairs = _header_calls(headers.get("x-frugal-compaction", ""))
     cost = usage.get("cost") or {}
     turn = Turn(status=200, prompt_tokens=usage.get("prompt_tokens", 0),
                 uncompacted_tokens=uncompacted, cost_usd=cost.get("total_usd", 0.0),
                 compaction_usd=cost.get("compaction_usd", 0.0), summariser_calls=calls,
-                method=method)
+                note_repairs=repairs, method=method)
     return turn, text.strip(), ttft
 
 
@@ -204,6 +211,7 @@ def summarise(conversations: list[Conversation]) -> list[ModeRow]:
                                                 for f in answered) if answered else 0.0),
             cost_usd=sum(t.cost_usd for c in group for t in c.requests) / n,
             summariser_calls=sum(t.summariser_calls for c in group for t in c.requests) / n,
+            note_repairs=sum(t.note_repairs for c in group for t in c.requests) / n,
             rejected=sum(t.status != 200 for c in group for t in c.requests) / n,
             answered=len(answered) / n,
             accuracy=sum(c.answer == c.expected for c in group) / n,
@@ -213,20 +221,52 @@ def summarise(conversations: list[Conversation]) -> list[ModeRow]:
 
 def markdown(rows: list[ModeRow], command: str, budget: int, keep: int) -> str:
     head = ("| mode | turns | input tokens / chat | x uncompacted | last prompt x | $ / chat "
-            "| summariser calls / chat | refused / chat | answered | accuracy | TTFT p50 ms |")
+            "| summariser calls / chat | note repairs / chat | refused / chat | answered "
+            "| accuracy | TTFT p50 ms |")
     lines = ["# Context compaction, measured", "", f"Command: `{command}`", "",
              f"Budget {budget} tokens, last {keep} turns kept; the model's context is 1,024 "
              "tokens. Per chat: every turn's request summed (the whole history each time). "
              "`x uncompacted`: billed input tokens over the full history's; `last prompt x`: "
              "the final request alone. Accuracy: right final answers over all chats (a "
-             "refused chat counts as wrong).", "", head, "|" + "---|" * 11]
+             "refused chat counts as wrong). Note repairs: summary lines dropped or fact "
+             "sentences added by `verify_note`.", "", head, "|" + "---|" * 12]
     for r in rows:
         ttft = f"{r.ttft_p50_ms:.0f}" if r.ttft_p50_ms is not None else "-"
         lines.append(
             f"| {r.mode} | {r.turns} | {r.input_tokens:.0f} | {r.token_ratio:.2f} | "
             f"{r.final_prompt_ratio:.2f} | {r.cost_usd:.2e} | {r.summariser_calls:.1f} | "
-            f"{r.rejected:.1f} | {r.answered:.2f} | {r.accuracy:.2f} | {ttft} |")
+            f"{r.note_repairs:.1f} | {r.rejected:.1f} | {r.answered:.2f} | "
+            f"{r.accuracy:.2f} | {ttft} |")
+    lines += ["", "## Targets", ""]
+    lines += [f"- {'met' if ok else 'NOT met'}: {name}" for name, ok in targets(rows).items()]
     return "\n".join(lines) + "\n"
+
+
+#: Issue targets: tokens at 20+ turns, and accuracy against the uncompacted chat.
+TARGET_TOKEN_RATIO = 0.3
+TARGET_ACCURACY_SHARE = 0.95
+
+
+def targets(rows: list[ModeRow]) -> dict[str, bool]:
+    """Per compacting mode: input tokens (each chat's requests summed) at most 0.3x the
+    uncompacted at 20+ turns, and accuracy at least 95% of `none`'s wherever `none` was
+    answered (the chat fits the context)."""
+    none = {r.turns: r for r in rows if r.mode == "none"}
+    out: dict[str, bool] = {}
+    for mode in ("summary", "facts"):
+        group = [r for r in rows if r.mode == mode]
+        long = [r for r in group if r.turns >= 20]
+        if long:
+            worst = max(r.token_ratio for r in long)
+            out[f"{mode}: input tokens <= {TARGET_TOKEN_RATIO}x at 20+ turns "
+                f"(worst {worst:.2f}x)"] = worst <= TARGET_TOKEN_RATIO
+        fits = [r for r in group if r.turns in none and none[r.turns].answered == 1.0]
+        if fits:
+            share = min(r.accuracy / none[r.turns].accuracy if none[r.turns].accuracy else 1.0
+                        for r in fits)
+            out[f"{mode}: accuracy >= {TARGET_ACCURACY_SHARE:.0%} of uncompacted where it "
+                f"fits (lowest {share:.1%})"] = share >= TARGET_ACCURACY_SHARE
+    return out
 
 
 def plot(conversations: list[Conversation], rows: list[ModeRow], path: Path,

@@ -10,6 +10,9 @@ message (`format.with_note`):
 2. otherwise the summariser notes the turns since that note, up to the kept tail,
    `chunk_tokens` of transcript per call, and each call's lines are appended to the
    note (the older lines are never rewritten); each result is cached;
+   With `verify_note`, each call's lines are checked against the turns they note
+   (`verified_lines`): a line with a number the turns never said is dropped, and a fact
+   sentence whose number or name the lines lack is added verbatim;
 3. without a summariser, or when it fails, `facts` keeps the older sentences that carry
    numbers or names as the note, and `truncate` drops the oldest turns until it fits.
 The chat is never made to fail by compaction, except a budget that even the head alone
@@ -40,6 +43,8 @@ Summarise = Callable[[Messages], Awaitable[str]]
 HEAD_ROLES = ("system", "developer")
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
 _NAME_AFTER_FIRST = re.compile(r"\S\s+[A-Z]")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_WORD = re.compile(r"[A-Za-z][\w'-]*")
 
 
 @dataclass
@@ -53,6 +58,7 @@ class Compaction:
     folded_messages: int  # older messages replaced by the note (or dropped)
     summariser_calls: int = 0
     fallback_reason: str | None = None
+    note_repairs: int = 0  # summariser lines dropped or fact sentences added (verify_note)
 
     @property
     def removed_tokens(self) -> int:
@@ -62,12 +68,17 @@ class Compaction:
         """`x-frugal-compaction`: method, tokens before and after, summariser calls."""
         text = (f"{self.method}; tokens={self.original_tokens}->{self.compacted_tokens}; "
                 f"folded={self.folded_messages}; calls={self.summariser_calls}")
+        text += f"; repaired={self.note_repairs}" if self.note_repairs else ""
         return text + (f"; fallback={self.fallback_reason}" if self.fallback_reason else "")
 
 
 def fact_sentences(messages: Messages) -> str:
     """The `facts` note: sentences that carry a number or a name (a capitalised word
     after the first), one per line, in order. Hand-written: no library keeps facts."""
+    return "\n".join(_fact_sentence_list(messages))
+
+
+def _fact_sentence_list(messages: Messages) -> list[str]:
     kept = []
     for message in messages:
         for sentence in _SENTENCE.findall(message["content"]):
@@ -75,7 +86,29 @@ def fact_sentences(messages: Messages) -> str:
             if sentence and (any(c.isdigit() for c in sentence)
                              or _NAME_AFTER_FIRST.search(sentence)):
                 kept.append(sentence)
-    return "\n".join(kept)
+    return kept
+
+
+def fact_tokens(sentence: str) -> set[str]:
+    """What a note must keep of a fact sentence: its numbers and its names (capitalised
+    words after the first; the first too when it is all capitals, e.g. `A scored 54.`)."""
+    words = _WORD.findall(sentence)
+    names = {w for i, w in enumerate(words) if w[0].isupper() and (i > 0 or w.isupper())}
+    return set(_NUMBER.findall(sentence)) | names
+
+
+def verified_lines(lines: str, noted: Messages) -> tuple[str, int]:
+    """A summariser's lines for the turns `noted`, checked against them: a line holding a
+    number the turns never said is dropped (made up), and a fact sentence whose number or
+    name no kept line holds is added verbatim (left out). Returns the lines and how many
+    were dropped or added. Hand-written: a small summariser loses or invents facts, and
+    an answer that depends on a lost number is wrong however short the note is."""
+    said = set(_NUMBER.findall(" ".join(m["content"] for m in noted)))
+    written = [line for line in lines.splitlines() if line.strip()]
+    kept = [line for line in written if set(_NUMBER.findall(line)) <= said]
+    held = {token for line in kept for token in (*_NUMBER.findall(line), *_WORD.findall(line))}
+    added = [s for s in _fact_sentence_list(noted) if not fact_tokens(s) <= held]
+    return "\n".join(kept + added), len(written) - len(kept) + len(added)
 
 
 def _prefix_keys(namespace: str, head: Messages, body: Messages, bounds: list[int]) -> list[str]:
@@ -146,19 +179,23 @@ class Compactor:
             if result.compacted_tokens <= settings.budget_tokens or index == len(bounds) - 1:
                 return result
         start, note = (bounds[cached[0]], cached[1]) if cached else (0, "")
-        calls = 0
+        calls = repairs = 0
         for end in await self._chunks(settings, body, start, bounds):
             # Append-only: the summariser notes only the new turns, and the old lines
             # stay as they were, so an error is never copied forward and the note's
             # bytes (and vLLM's prefix cache of them) stay stable as it grows.
             lines = (await summarise(summary_messages(
                 settings.summary_prompt, body[start:end]))).strip()
+            if settings.verify_note:
+                lines, fixed = verified_lines(lines, body[start:end])
+                repairs += fixed
             note = "\n".join(part for part in (note, lines) if part)
             calls += 1
             await self.notes.put(keys[bounds.index(end)], note)
             start = end
         result = await self._result("summary", model, head, note, body, bounds[-1], original)
         result.summariser_calls = calls
+        result.note_repairs = repairs
         return result
 
     async def _chunks(self, settings: CompactionSettings, body: Messages, start: int,

@@ -84,6 +84,8 @@ class CompactionLever(Lever):
         ctx.response_headers["x-frugal-compaction"] = result.header()
         metrics.COMPACTIONS.labels(ctx.model, result.method).inc()
         metrics.COMPACTION_TOKENS_REMOVED.labels(ctx.model).inc(result.removed_tokens)
+        if result.note_repairs:
+            metrics.COMPACTION_NOTE_REPAIRS.labels(ctx.model).inc(result.note_repairs)
         if result.fallback_reason is not None:
             metrics.COMPACTION_FALLBACKS.labels(ctx.model, result.fallback_reason).inc()
 
