@@ -449,13 +449,13 @@ class BatchConfig(StrictModel):
     max_lines: int = Field(50_000, ge=1, description="A batch input with more lines fails.")
     idle_in_flight: int | None = Field(
         None, ge=1, description="Batch lines in flight per gateway replica when no "
-        "interactive request is running. Unset: the smallest engine's `max_num_seqs` less "
-        "`headroom_seqs`, shared among the gateway replicas, so an interactive request "
-        "always finds a free sequence slot (docs/batch.md)."
+        "interactive request is running. Unset: `idle_per_slot` times the smallest "
+        "engine's `max_num_seqs`, shared among the gateway replicas (docs/batch.md)."
     )
-    headroom_seqs: int = Field(
-        16, ge=0, description="Sequence slots of each engine that batch lines leave free "
-        "for interactive requests when `idle_in_flight` is unset."
+    idle_per_slot: float = Field(
+        2.0, gt=0, description="When `idle_in_flight` is unset: batch lines in flight per "
+        "engine sequence slot on idle engines. Above 1 keeps lines waiting in the engine's "
+        "queue, so it never idles while the gateway prepares the next wave of lines."
     )
     busy_in_flight: int = Field(
         0, ge=0, description="Batch lines in flight per gateway replica while interactive "

@@ -417,16 +417,16 @@ def test_admission_gives_batches_the_idle_cap_only_after_quiet_s():
     assert admission.cap() == 64
 
 
-def test_the_idle_cap_leaves_engine_slots_free_unless_set():
-    """Unset, the idle cap is the smallest engine's max_num_seqs less the headroom, shared
-    among the gateway replicas; a provisional cap holds until the engines answer."""
+def test_the_idle_cap_follows_the_engine_slots_unless_set():
+    """Unset, the idle cap is `idle_per_slot` times the smallest engine's max_num_seqs,
+    shared among the gateway replicas; a provisional cap holds until the engines answer."""
     load = InteractiveLoad()
-    admission = BatchAdmission(BatchConfig(headroom_seqs=16), load)
+    admission = BatchAdmission(BatchConfig(), load)
     assert admission.cap() == PROVISIONAL_IDLE_CAP
-    assert admission.size_to_engines([256, 128], gateway_replicas=1) == 112
-    assert admission.cap() == 112
-    assert BatchAdmission(BatchConfig(), load).size_to_engines([256], 3) == (256 - 16) // 3
-    assert BatchAdmission(BatchConfig(headroom_seqs=64), load).size_to_engines([8], 1) == 1
+    assert admission.size_to_engines([256, 128], gateway_replicas=1) == 256
+    assert admission.cap() == 256
+    assert BatchAdmission(BatchConfig(), load).size_to_engines([256], 3) == 512 // 3
+    assert BatchAdmission(BatchConfig(idle_per_slot=0.001), load).size_to_engines([8], 1) == 1
     fixed = BatchAdmission(BatchConfig(idle_in_flight=500), load)
     assert fixed.size_to_engines([256], 1) == 500 == fixed.cap()
 

@@ -7,28 +7,10 @@ in flight: the idle cap when no interactive request has run for `quiet_s`, else
 `busy_in_flight` (0 by default: batches yield, docs/batch.md). The counts are per
 gateway replica: each replica sees the interactive requests it serves.
 
-The idle cap stays below the engines' sequence slots (`max_num_seqs` less
-`headroom_seqs`, shared among the gateway replicas, unless `idle_in_flight` is set), so
-an interactive request arriving at a busy engine is scheduled at its next step instead of
-waiting for batch sequences to be aborted: measured on zoo-l with 256 slots, the first
-token of such a request came after 233-280 ms with 512 lines in flight and 73-150 ms
-with 240, at the same idle throughput (docs/batch.md).
-
-A cap that drops does not wait for the lines above it to finish (a line holds its
-sequence slot for its whole generation, a second or more): the moment an interactive
-request arrives, the lines above the busy cap are preempted, their engine requests
-aborted, and they stay pending to run again later. Their answers never existed, so no
-line is answered twice; the cost is their partial work
-(`frugal_batch_lines_preempted_total`).
-
-Aborting hundreds of lines is itself work in the gateway's event loop (each
-cancellation unwinds the pipeline and the engine call), work that the arriving
-request would otherwise queue behind. So the oldest `busy_in_flight` lines are kept
-(they run in the engine and are nearly done), the others are cancelled oldest first,
-`PREEMPT_CHUNK` per loop turn, so that the engine's sequence slots free first and the
-interactive request's own steps run between the chunks; and the quiet period starts
-again when the last of them is gone, so a request that waited behind the aborts does
-not find the batch back at its idle cap.
+The idle cap follows the engines' sequence slots: `idle_per_slot` (2) times the smallest
+engine's `max_num_seqs`, shared among the gateway replicas, unless `idle_in_flight` is
+set. Lines of one batch tend to finish together; with only as many lines as slots the
+engine idles while the gateway prepares the next wave (docs/batch.md).
 """
 
 from __future__ import annotations
@@ -155,8 +137,8 @@ class BatchAdmission:
     def size_to_engines(self, slots: list[int], gateway_replicas: int) -> int:
         """The idle cap from the engines' sequence slots (kept if `idle_in_flight` is set)."""
         if self.config.idle_in_flight is None and slots:
-            free = min(slots) - self.config.headroom_seqs
-            self.idle_cap = max(1, free // max(1, gateway_replicas))
+            lines = min(slots) * self.config.idle_per_slot
+            self.idle_cap = max(1, int(lines // max(1, gateway_replicas)))
             metrics.BATCH_IDLE_CAP.set(self.idle_cap)
         return self.idle_cap
 

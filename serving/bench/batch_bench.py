@@ -63,8 +63,8 @@ TARGET_TTFT_P95_RATIO = 1.3
 INTERACTIVE_CONCURRENCY = 4
 ONLINE_CONCURRENCY = 64
 _BATCH = BatchConfig()  # the bench server runs the default admission
-#: Its idle cap: the engine's sequence slots less the headroom (docs/batch.md).
-_IDLE_CAP = _BATCH.idle_in_flight or BATCH_ENGINE["max_num_seqs"] - _BATCH.headroom_seqs
+#: Its idle cap, from the engine's sequence slots (docs/batch.md).
+_IDLE_CAP = _BATCH.idle_in_flight or int(BATCH_ENGINE["max_num_seqs"] * _BATCH.idle_per_slot)
 #: How long after its last interactive request a server is idle for batches: the quiet
 #: period, then the slow start from busy_in_flight up to the idle cap (docs/batch.md).
 IDLE_AFTER_S = _BATCH.quiet_s + _BATCH.ramp_s * math.log2(

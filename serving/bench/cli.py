@@ -223,7 +223,7 @@ def compaction(
                f"--keep-last-turns {keep_last_turns} --concurrency {concurrency} --out {out}")
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
-    console.print("starting frugal (three deployments of the chat model)...")
+    console.print("starting frugal (four deployments of the chat model)...")
     with frugal_server(bench_config(path, budget_tokens, keep_last_turns)) as server:
         chats = asyncio.run(run_bench(server.url, path, lengths, per_length, seed,
                                       concurrency, say=console.print))
