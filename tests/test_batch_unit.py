@@ -69,7 +69,7 @@ def read_file(store: BatchStore, file_id: str | None) -> list[dict]:
 
 
 async def run_to_end(store: BatchStore, engines: dict, batch_id: str,
-                     config: BatchConfig | None = None, timeout_s: float = 60) -> dict:
+                     config: BatchConfig | None = None, timeout_s: float = 180) -> dict:
     config = config or BatchConfig(poll_s=0.05)
     pipeline = fake_pipeline(engines)
     runner = BatchRunner(store, pipeline, config,
